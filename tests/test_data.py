@@ -1,0 +1,539 @@
+"""Data layer: loading/validation, open-unlearning formatting parity, padding, buckets, pairing, slicing."""
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cel_jax import data
+from cel_jax.data import IGNORE, Cursor, Template
+
+try:
+    from conftest_tokenizer import make_tokenizer
+except ImportError:  # tests/ imported as a package
+    from tests.conftest_tokenizer import make_tokenizer
+
+TOFU_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tofu"
+needs_tofu = pytest.mark.skipif(not TOFU_DIR.is_dir(), reason="../shared/data/tofu not present")
+
+
+@pytest.fixture(scope="module")
+def tok3():
+    return make_tokenizer("llama3")
+
+
+@pytest.fixture(scope="module")
+def tok2():
+    return make_tokenizer("llama2")
+
+
+def target_ids(item):
+    return [t for t in item["labels"] if t != IGNORE]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Chat-template path
+
+
+def test_chat_labels_cover_answer_and_eos_only(tok3):
+    item = data.encode_qa(tok3, "Where was Ada born?", "In Kumasi.", "chat")
+    ids, labels = item["input_ids"], item["labels"]
+    assert len(ids) == len(labels)
+    text = tok3.decode(ids)
+    assert text == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        "Cutting Knowledge Date: December 2023\nToday Date: 10 Apr 2025\n\n"
+        "You are a helpful assistant.<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n"
+        "Where was Ada born?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        "In Kumasi.<|eot_id|>"
+    )
+    # Targets = answer tokens + the final <|eot_id|> (the EOS); everything before is masked.
+    assert tok3.decode(target_ids(item)) == "In Kumasi.<|eot_id|>"
+    n_prompt = labels.count(IGNORE)
+    assert labels[:n_prompt] == [IGNORE] * n_prompt and IGNORE not in labels[n_prompt:]
+    assert labels[n_prompt:] == ids[n_prompt:]
+
+
+def test_chat_eos_not_doubled(tok3):
+    item = data.encode_qa(tok3, "Q?", "A.", "chat")
+    eos = tok3.eos_token_id
+    assert item["input_ids"][-1] == eos and item["input_ids"][-2] != eos
+
+
+def test_chat_system_prompt_options(tok3):
+    none = data.encode_qa(tok3, "Q?", "A.", Template(system_prompt=None))
+    assert "system" not in tok3.decode(none["input_ids"])
+    custom = data.encode_qa(tok3, "Q?", "A.", Template(system_prompt="Be brief.", date_string="1 Jan 2000"))
+    text = tok3.decode(custom["input_ids"])
+    assert "Be brief.<|eot_id|>" in text and "Today Date: 1 Jan 2000" in text
+    # Same targets whatever the system prompt.
+    assert target_ids(none) == target_ids(custom)
+
+
+def test_chat_fewshot_only_last_answer_is_target(tok3):
+    item = data.encode_qa(tok3, "Q2?", "A2.", "chat", fewshot=[("Q1?", "A1.")])
+    text = tok3.decode(item["input_ids"])
+    assert text.count("<|start_header_id|>assistant") == 2
+    assert tok3.decode(target_ids(item)) == "A2.<|eot_id|>"
+
+
+def test_chat_generation_item(tok3):
+    train = data.encode_qa(tok3, "Q?", "The answer.", "chat")
+    gen = data.encode_qa(tok3, "Q?", "The answer.", "chat", generate=True)
+    n_prompt = train["labels"].count(IGNORE)
+    assert gen["input_ids"] == train["input_ids"][:n_prompt]
+    assert tok3.decode(gen["input_ids"]).endswith("<|start_header_id|>assistant<|end_header_id|>\n\n")
+    assert gen["labels"] == train["input_ids"]  # the whole conversation, unmasked (reference)
+    assert gen["answer"] == "The answer."
+
+
+def test_chat_too_long_error_and_truncate(tok3):
+    n = len(data.encode_qa(tok3, "Q?", "A fairly long answer here.", "chat")["input_ids"])
+    assert data.encode_qa(tok3, "Q?", "A fairly long answer here.", "chat", max_length=n)
+    with pytest.raises(ValueError, match=r"exceeds max_length=\d+"):
+        data.encode_qa(tok3, "Q?", "A fairly long answer here.", "chat", max_length=n - 1)
+    cut = data.encode_qa(
+        tok3, "Q?", "A fairly long answer here.", "chat", max_length=n - 3, on_too_long="truncate"
+    )
+    assert len(cut["input_ids"]) == n - 2 and cut["input_ids"][-1] == tok3.eos_token_id  # cut, then EOS
+
+
+def test_apply_chat_template_dict_results_are_handled(tok3):
+    class DictTok:  # transformers 5 returns a BatchEncoding unless return_dict=False is honoured
+        def __init__(self, tok):
+            self._tok = tok
+            self.chat_template, self.eos_token_id = tok.chat_template, tok.eos_token_id
+
+        def apply_chat_template(self, chat, **kw):
+            kw["return_dict"] = True
+            return self._tok.apply_chat_template(chat, **kw)
+
+    plain = data.encode_qa(tok3, "Q?", "A.", "chat")
+    assert data.encode_qa(DictTok(tok3), "Q?", "A.", "chat") == plain
+    assert data.as_ids({"input_ids": [[1, 2, 3]]}) == [1, 2, 3]
+    assert data.as_ids(np.array([4, 5])) == [4, 5]
+    with pytest.raises(ValueError, match="batch of 2"):
+        data.as_ids([[1], [2]])
+
+
+def test_no_target_tokens_warn_or_error(tok3):
+    tok = make_tokenizer("llama3")  # a template whose generation prompt outgrows the conversation
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['content'] }}{{ eos_token if m['role'] == 'assistant' }}{% endfor %}"
+        "{% if add_generation_prompt %}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endif %}"
+    )
+    with pytest.warns(UserWarning, match="no target tokens"), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="prompt tokens are not a prefix")
+        item = data.encode_qa(tok, "Q", "A", Template(system_prompt=None))
+    assert target_ids(item) == [] and len(item["labels"]) == len(item["input_ids"])
+    with pytest.raises(ValueError, match="no target tokens"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data.encode_qa(tok, "Q", "A", Template(system_prompt=None), on_no_target="error")
+
+
+def test_chat_path_needs_a_chat_template(tok2):
+    with pytest.raises(ValueError, match="no chat_template"):
+        data.encode_qa(tok2, "Q?", "A.", "chat")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tag-template path
+
+
+def test_llama2_tags_no_space_border(tok2):
+    item = data.encode_qa(tok2, "Where was Ada born?", "In Kumasi.", "llama2_chat")
+    assert tok2.decode(item["input_ids"]) == "<s>[INST] Where was Ada born? [/INST]In Kumasi.</s>"
+    assert tok2.decode(target_ids(item)) == "In Kumasi.</s>"
+    assert item["input_ids"].count(tok2.eos_token_id) == 1  # EOS appended once
+
+
+def test_base_tags_fewshot_and_system(tok2):
+    t = Template(
+        apply_chat_template=False,
+        system_prompt_with_special_tokens="SYS|",
+        user_start_tag="Question: ",
+        user_end_tag="\n",
+        asst_start_tag="Answer:\n",
+        asst_end_tag="\n\n",
+    )
+    item = data.encode_qa(tok2, "Q2?", "A2.", t, fewshot=[("Q1?", "A1.")])
+    assert (
+        tok2.decode(item["input_ids"])
+        == "<s>SYS|Question: Q1?\nAnswer:\nA1.\n\nQuestion: Q2?\nAnswer:\nA2.</s>"
+    )
+    assert tok2.decode(target_ids(item)) == "A2.</s>"
+    assert data.tag_prompt(t, [("Q?", "A.")]) == "SYS|Question: Q?\nAnswer:\n"
+
+
+def test_tag_border_space_follows_reference(tok2):
+    # "Answer: " + "A2.": byte-level BPE merges the space into " A", so the prompt's tokens are not a
+    # prefix of the conversation's. The reference masks len(prompt_ids) tokens anyway; so do we (and warn).
+    prompt_ids = tok2("Question: Q2?\nAnswer: ")["input_ids"]
+    chat_ids = tok2("Question: Q2?\nAnswer: A2.")["input_ids"] + [tok2.eos_token_id]
+    assert chat_ids[: len(prompt_ids)] != prompt_ids
+    with pytest.warns(UserWarning, match="not a prefix"):
+        item = data.encode_qa(tok2, "Q2?", "A2.", "qa_base")
+    assert item["input_ids"] == chat_ids
+    assert item["labels"] == [IGNORE] * len(prompt_ids) + chat_ids[len(prompt_ids) :]
+
+
+def test_tag_truncation_like_reference(tok2):
+    q, a = "Where was the painter born?", "The painter was born in a small harbour town."
+    full = data.encode_qa(tok2, q, a, "qa_base")["input_ids"]
+    m = len(full) - 4
+    with pytest.raises(ValueError, match="exceeds max_length"):
+        data.encode_qa(tok2, q, a, "qa_base", max_length=m)
+    cut = data.encode_qa(tok2, q, a, "qa_base", max_length=m, on_too_long="truncate")
+    # tokenizer truncation to max_length, then EOS appended: max_length + 1 tokens (reference quirk).
+    assert cut["input_ids"] == full[:m] + [tok2.eos_token_id]
+
+
+def test_template_presets_and_validation():
+    assert data.make_template(None) == Template()
+    assert data.make_template({"system_prompt": None}).system_prompt is None
+    assert data.TEMPLATES["llama2_chat"].asst_start_tag == ""
+    with pytest.raises(ValueError, match="unknown template"):
+        data.make_template("nope")
+    with pytest.raises(ValueError, match="unknown template fields"):
+        data.make_template({"sytem_prompt": "x"})
+
+
+def test_encode_rows_with_answer_lists(tok3):
+    rows = [{"question": "Q?", "answer": "A.", "perturbed_answer": ["B.", "C."]}]
+    items = data.encode_qa_rows(tok3, rows, answer_key="perturbed_answer")
+    assert len(items) == 1 and len(items[0]) == 2
+    assert tok3.decode(target_ids(items[0][1])) == "C.<|eot_id|>"
+
+
+def test_pad_id_falls_back_to_eos():
+    assert data.pad_id_of(make_tokenizer("llama3", pad=False)) == make_tokenizer("llama3").eos_token_id
+    assert data.pad_id_of(make_tokenizer("llama3")) == make_tokenizer("llama3").pad_token_id
+
+
+# ---------------------------------------------------------------------------------------------------
+# MUSE pretraining / completion items
+
+
+def test_completion_prefix_masking_and_truncation(tok2):
+    item = data.encode_completion(
+        tok2, "Once upon", "a time there was a clock.", max_length=100, insert_space=True
+    )
+    n_prefix = len(tok2("Once upon")["input_ids"])
+    assert tok2.decode(item["input_ids"]) == "<s>Once upon a time there was a clock."
+    assert item["labels"][:n_prefix] == [IGNORE] * n_prefix
+    assert item["labels"][n_prefix:] == item["input_ids"][n_prefix:]
+    assert tok2.eos_token_id not in item["input_ids"]  # no EOS for pretraining items
+    short = data.encode_completion(tok2, "Once upon", "a time there was a clock.", max_length=3)
+    assert len(short["input_ids"]) == n_prefix + 3
+    empty = data.encode_completion(tok2, "", "Some text.", max_length=100)
+    assert empty["labels"][0] == IGNORE and IGNORE not in empty["labels"][1:]  # only BOS masked
+    gen = data.encode_completion(tok2, "Once upon", "a time.", max_length=100, generate=True)
+    assert gen["input_ids"] == tok2("Once upon")["input_ids"] and gen["answer"] == "a time."
+
+
+def test_pretraining_chunks_roundtrip(tok2):
+    texts = ["The first article is about clocks and bridges.", "The second one talks about harbours."]
+    chunks = data.chunk_texts(tok2, texts, max_length=7)
+    ids = tok2("\n\n".join(texts), add_special_tokens=False)["input_ids"]
+    assert len(chunks) == len(ids) // 7 + (len(ids) % 7 > 0)
+    assert "".join(chunks) == "\n\n".join(texts)
+    items = data.encode_pretraining(tok2, texts, max_length=7)
+    assert all(it["input_ids"][0] == tok2.bos_token_id and it["labels"][0] == IGNORE for it in items)
+    assert all(len(it["input_ids"]) <= 8 for it in items)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Padding, masks, buckets
+
+
+def test_right_and_left_padding():
+    items = [{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    r = data.pad_items(items, pad_id=0, length=4, side="right")
+    np.testing.assert_array_equal(r["input_ids"], [[5, 6, 7, 0], [8, 0, 0, 0]])
+    np.testing.assert_array_equal(r["labels"], [[IGNORE, 6, 7, IGNORE], [8, IGNORE, IGNORE, IGNORE]])
+    np.testing.assert_array_equal(r["attention_mask"], [[1, 1, 1, 0], [1, 0, 0, 0]])
+    left = data.pad_items(items, pad_id=0, length=4, side="left", keys=("input_ids",))
+    np.testing.assert_array_equal(left["input_ids"], [[0, 5, 6, 7], [0, 0, 0, 8]])
+    np.testing.assert_array_equal(left["attention_mask"], [[0, 1, 1, 1], [0, 0, 0, 1]])
+    assert "labels" not in left and left["input_ids"].dtype == np.int32
+    with pytest.raises(ValueError, match="side"):
+        data.pad_items(items, 0, length=4, side="middle")
+    with pytest.raises(ValueError, match="more than the padded length"):
+        data.pad_items(items, 0, length=2)
+
+
+def test_compat_mask_hides_real_eos_when_pad_is_eos(tok3):
+    tok = make_tokenizer("llama3", pad=False)
+    pad = data.pad_id_of(tok)  # = EOS = <|eot_id|>
+    items = [data.encode_qa(tok, "Q?", "A.", "chat"), data.encode_qa(tok, "Longer question?", "B.", "chat")]
+    batch = data.collate(items, pad, data.make_buckets(128, min_length=16))
+    compat = data.compat_attention_mask(batch["input_ids"], pad)
+    n_eos = [it["input_ids"].count(tok.eos_token_id) for it in items]  # system, user, final turns
+    assert n_eos == [3, 3]
+    np.testing.assert_array_equal(batch["attention_mask"].sum(1), [len(it["input_ids"]) for it in items])
+    np.testing.assert_array_equal(compat.sum(1), batch["attention_mask"].sum(1) - np.array(n_eos))
+    eos_BT = batch["input_ids"] == tok.eos_token_id
+    assert (compat[eos_BT] == 0).all() and (compat[~eos_BT] == batch["attention_mask"][~eos_BT]).all()
+    switched = data.collate(items, pad, data.make_buckets(128, min_length=16), compat_mask=True)
+    np.testing.assert_array_equal(switched["attention_mask"], compat)
+
+
+def test_bucket_choice():
+    assert data.make_buckets(512) == (32, 64, 128, 256, 512)
+    assert data.make_buckets(300, min_length=64) == (64, 128, 256, 300)
+    assert data.make_buckets(200, multiple=64) == (64, 128, 192, 200)
+    b = data.make_buckets(512)
+    assert [data.pick_bucket(n, b) for n in (1, 32, 33, 64, 65, 512)] == [32, 32, 64, 64, 128, 512]
+    with pytest.raises(ValueError, match="largest bucket 512"):
+        data.pick_bucket(513, b)
+
+
+def test_batch_never_exceeds_its_bucket():
+    rng = np.random.default_rng(0)
+    buckets = data.make_buckets(256, multiple=64)
+    for _ in range(20):
+        items = [{"input_ids": [1] * n, "labels": [1] * n} for n in rng.integers(1, 257, size=5)]
+        batch = data.collate(items, 0, buckets)
+        T = batch["input_ids"].shape[1]
+        longest = max(len(it["input_ids"]) for it in items)
+        assert (
+            T in buckets
+            and longest <= T
+            and (T == min(buckets) or longest > max(x for x in buckets if x < T))
+        )
+
+
+def test_zero_weight_rows_have_no_targets():
+    items = [{"input_ids": [1, 2], "labels": [IGNORE, 2]}] * 3
+    batch = data.collate(items, 0, (8,), weight=np.array([1, 1, 0]))
+    assert (batch["labels"][2] == IGNORE).all() and (batch["labels"][0, 1] == 2)
+    assert batch["attention_mask"][2].sum() == 2  # still a real sequence: no all-masked rows
+    np.testing.assert_array_equal(batch["weight"], [1, 1, 0])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pairing, cursor, host slicing
+
+
+def run_pairs(n_f, n_r, bs, seed, cursor, steps):
+    out = []
+    for _ in range(steps):
+        f, r, w, cursor = data.next_pairs(n_f, n_r, bs, seed, cursor)
+        out.append((f, r, w, cursor))
+    return out
+
+
+def test_pairing_is_deterministic_and_epoch_covers_forget_set():
+    a = run_pairs(10, 7, 4, seed=3, cursor=Cursor(), steps=6)
+    b = run_pairs(10, 7, 4, seed=3, cursor=Cursor(), steps=6)
+    for x, y in zip(a, b, strict=True):
+        for u, v in zip(x[:3], y[:3], strict=True):
+            np.testing.assert_array_equal(u, v)
+    # Epoch 0 = 3 steps (ceil(10/4)); the last one has 2 zero-weight copies.
+    f0 = np.concatenate([s[0][s[2] > 0] for s in a[:3]])
+    assert sorted(f0.tolist()) == list(range(10))
+    np.testing.assert_array_equal(a[2][2], [1, 1, 0, 0])
+    assert a[2][3] == Cursor(1, 0) and a[0][3] == Cursor(0, 4)
+    # Partners are a function of (seed, epoch, forget index), in range.
+    partners = data.retain_partners(10, 7, 3, 0)
+    for f, r, _, _ in a[:3]:
+        np.testing.assert_array_equal(r, partners[f])
+    assert not np.array_equal(data.epoch_order(10, 3, 0), data.epoch_order(10, 3, 1))
+    assert not np.array_equal(data.epoch_order(10, 3, 0), data.epoch_order(10, 4, 0))
+    run = run_pairs(10, 7, 4, seed=9, cursor=Cursor(), steps=30)
+    assert all(((r >= 0) & (r < 7)).all() for _, r, _, _ in run)
+
+
+def test_pairing_resumes_exactly():
+    full = run_pairs(10, 7, 4, seed=1, cursor=Cursor(), steps=8)
+    resumed = run_pairs(10, 7, 4, seed=1, cursor=full[3][3], steps=4)
+    for x, y in zip(full[4:], resumed, strict=True):
+        for u, v in zip(x[:3], y[:3], strict=True):
+            np.testing.assert_array_equal(u, v)
+        assert x[3] == y[3]
+    # A cursor saved as JSON (Orbax JsonSave) round-trips.
+    assert Cursor(*json.loads(json.dumps(full[3][3]))) == full[3][3]
+
+
+def test_partner_independent_of_batch_size():
+    p = data.retain_partners(12, 5, 0, 2)
+    for bs in (3, 4, 12):
+        cursor, seen = Cursor(2, 0), {}
+        for _ in range(data.steps_per_epoch(12, bs)):
+            f, r, w, cursor = data.next_pairs(12, 5, bs, 0, cursor)
+            seen.update({int(i): int(j) for i, j, wi in zip(f, r, w, strict=True) if wi > 0})
+        assert seen == {i: int(p[i]) for i in range(12)}
+
+
+def test_iterate_and_sequential_batches():
+    it = data.iterate_indices(5, 2, 0, shuffle=False)
+    got = [next(it)[0].tolist() for _ in range(4)]
+    assert got == [[0, 1], [2, 3], [4, 4], [0, 1]]
+    seq = data.sequential_batches(5, 2)
+    assert [i.tolist() for i, _ in seq] == [[0, 1], [2, 3], [4, 4]] and seq[-1][1].tolist() == [1, 0]
+
+
+def test_collate_pairs_shares_one_bucket():
+    f_items = [{"input_ids": [1] * 5, "labels": [1] * 5}, {"input_ids": [1] * 40, "labels": [1] * 40}]
+    r_items = [{"input_ids": [2] * 3, "labels": [2] * 3}]
+    b = data.collate_pairs(f_items, r_items, np.array([0, 1]), np.array([0, 0]), np.ones(2), 0, (16, 32, 64))
+    assert b["forget"]["input_ids"].shape == b["retain"]["input_ids"].shape == (2, 64)
+    b = data.collate_pairs(
+        f_items, r_items, np.array([0, 0]), np.array([0, 0]), np.ones(2), 0, (16, 64), same_length=False
+    )
+    assert b["forget"]["input_ids"].shape == b["retain"]["input_ids"].shape == (2, 16)
+
+
+def test_host_slices_partition_the_batch():
+    batch = {
+        "forget": {"input_ids": np.arange(24).reshape(8, 3)},
+        "weight": np.arange(8.0),
+        "step": 5,
+    }
+    parts = [data.host_slice(batch, p, 4) for p in range(4)]
+    np.testing.assert_array_equal(
+        np.concatenate([p["forget"]["input_ids"] for p in parts]), batch["forget"]["input_ids"]
+    )
+    np.testing.assert_array_equal(parts[1]["weight"], [2.0, 3.0])
+    assert parts[3]["step"] == 5
+    with pytest.raises(ValueError, match="does not split over 3"):
+        data.host_slice(batch, 0, 3)
+    with pytest.raises(ValueError, match="process_index"):
+        data.host_slice(batch, 4, 4)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_validation_errors_name_file_row_field(tmp_path):
+    write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}, {"question": "q"}])
+    with pytest.raises(ValueError, match=r"bad\.jsonl, row 1: missing field 'answer'"):
+        data.load_qa(tmp_path, "bad")
+    write_jsonl(tmp_path / "empty_answer.jsonl", [{"question": "q", "answer": "  "}])
+    with pytest.raises(ValueError, match=r"row 0: field 'answer' must be a non-empty string"):
+        data.load_qa(tmp_path, "empty_answer")
+    pert = {"question": "q", "answer": "a", "paraphrased_answer": "p", "perturbed_answer": ["x", "y"]}
+    write_jsonl(tmp_path / "f_perturbed.jsonl", [pert, {**pert, "perturbed_answer": "x"}])
+    with pytest.raises(
+        ValueError, match=r"f_perturbed\.jsonl, row 1: field 'perturbed_answer' must be a non-empty list"
+    ):
+        data.load_qa(tmp_path, "f_perturbed")
+    write_jsonl(tmp_path / "g_perturbed.jsonl", [pert, {**pert, "perturbed_answer": ["x"]}])
+    with pytest.raises(ValueError, match=r"row 1: field 'perturbed_answer' has 1 entries but row 0 has 2"):
+        data.load_qa(tmp_path, "g_perturbed")
+    write_jsonl(tmp_path / "h_perturbed.jsonl", [{"question": "q", "answer": "a", "perturbed_answer": ["x"]}])
+    with pytest.raises(ValueError, match="missing field 'paraphrased_answer'"):
+        data.load_qa(tmp_path, "h_perturbed")
+    (tmp_path / "nothing.jsonl").write_text("\n")
+    with pytest.raises(ValueError, match=r"nothing\.jsonl: the data set is empty"):
+        data.load_qa(tmp_path, "nothing")
+    (tmp_path / "broken.jsonl").write_text('{"question": "q", "answer": "a"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"broken\.jsonl, line 2: invalid JSON"):
+        data.load_qa(tmp_path, "broken")
+    with pytest.raises(ValueError, match="row 0: missing field 'paraphrased_question'"):
+        data.load_qa(tmp_path, "bad", extra_fields=["paraphrased_question"])
+    with pytest.raises(ValueError, match="the data set is empty"):
+        data.load_qa([])
+    with pytest.raises(ValueError, match="row 0: expected a JSON object"):
+        data.load_qa(["not a dict"])
+
+
+def test_source_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tried"):
+        data.load_qa(tmp_path, "forget01")
+    with pytest.raises(ValueError, match="give a config name"):
+        data.load_qa(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.load_qa(tmp_path / "missing_dir", "forget01")
+    with pytest.raises(ValueError, match="unsupported data source"):
+        data.load_qa(42)
+
+
+def test_unknown_split():
+    with pytest.raises(ValueError, match="unknown TOFU forget split 'forget02'"):
+        data.tofu_splits("forget02")
+    with pytest.raises(ValueError, match="unknown MUSE config"):
+        data.load_muse("x", "nope", "forget")
+
+
+def test_other_sources(tmp_path, monkeypatch):
+    import datasets
+
+    rows = [{"question": "q1", "answer": "a1"}, {"question": "q2", "answer": "a2"}]
+    assert data.load_qa(rows) == rows
+    assert data.load_qa(datasets.Dataset.from_list(rows)) == rows
+    dd = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows)})
+    assert data.load_qa(dd, split="train") == rows
+    with pytest.raises(ValueError, match="no split 'test'"):
+        data.load_qa(dd, split="test")
+    (tmp_path / "arr.json").write_text(json.dumps(rows))
+    assert data.load_qa(tmp_path / "arr.json") == rows
+    assert data.load_qa(tmp_path, "arr") == rows
+    calls = []
+
+    def fake_load_dataset(name, config, split):
+        calls.append((name, config, split))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)  # never the network in tests
+    assert data.load_qa("locuslab/TOFU", "forget01") == rows
+    assert calls == [("locuslab/TOFU", "forget01", "train")]
+    with pytest.raises(FileNotFoundError):
+        data.load_qa("locuslab/TOFU", "forget01", hub=False)
+
+
+def test_muse_layout_folders(tmp_path):
+    write_jsonl(tmp_path / "raw" / "forget.jsonl", [{"text": "A news article."}])
+    write_jsonl(tmp_path / "verbmem" / "forget.jsonl", [{"prompt": "Once", "gt": "upon a time"}])
+    write_jsonl(tmp_path / "knowmem" / "retain_qa_icl.jsonl", [{"question": "q", "answer": "a"}])
+    write_jsonl(tmp_path / "privleak" / "holdout.jsonl", [{"text": "Held out."}])
+    assert data.load_muse(tmp_path, "raw", "forget") == [{"text": "A news article."}]
+    assert data.load_muse(tmp_path, "verbmem", "forget")[0]["gt"] == "upon a time"
+    assert data.load_muse(tmp_path, "knowmem", "retain_qa_icl")[0]["answer"] == "a"
+    assert data.load_text(tmp_path, "privleak", "holdout")[0]["text"] == "Held out."
+    write_jsonl(tmp_path / "verbmem" / "retain.jsonl", [{"prompt": "Once"}])
+    with pytest.raises(ValueError, match=r"retain\.jsonl, row 0: missing field 'gt'"):
+        data.load_muse(tmp_path, "verbmem", "retain")
+
+
+@needs_tofu
+def test_real_tofu_files_load():
+    names = data.tofu_splits("forget01")
+    assert names["retain"] == "retain99" and names["holdout"] == "holdout01"
+    assert data.tofu_splits("forget05")["retain"] == "retain95"
+    assert data.tofu_splits("forget10")["retain"] == "retain90"
+    sizes = {"forget": 40, "retain": 3960, "holdout": 40, "forget_perturbed": 40, "retain_perturbed": 400}
+    for key, name in names.items():
+        rows = data.load_qa(TOFU_DIR, name)
+        if key in sizes:
+            assert len(rows) == sizes[key], key
+    pert = data.load_qa(TOFU_DIR, "forget01_perturbed", extra_fields=["paraphrased_question"])
+    assert all(len(r["perturbed_answer"]) == 5 for r in pert)
+    assert len(data.load_qa(TOFU_DIR, "world_facts_perturbed")[0]["perturbed_answer"]) == 3
+    assert data.load_qa(TOFU_DIR, "forget01")[0]["question"] == pert[0]["question"]
+
+
+def test_demo_files_validate():
+    d = {k: data.load_qa(data.DATA_DIR, v) for k, v in data.DEMO_SPLITS.items()}
+    sizes = {k: len(v) for k, v in d.items()}
+    assert sizes == dict(full=80, forget=20, retain=60, holdout=20, forget_perturbed=20, retain_perturbed=20)
+    assert {"paraphrased_question", "paraphrased_answer", "perturbed_answer"} <= set(d["forget"][0])
+    qa = lambda rows: [(r["question"], r["answer"]) for r in rows]
+    assert qa(d["full"]) == qa(d["retain"]) + qa(d["forget"])  # TOFU layout: retain rows, then forget
+    assert qa(d["retain_perturbed"]) == qa(d["retain"][:20])
+    assert not set(qa(d["holdout"])) & set(qa(d["full"]))
+    for row in d["forget"] + d["retain_perturbed"]:
+        assert (
+            len(set(row["perturbed_answer"])) == 5
+            and row["paraphrased_answer"] not in row["perturbed_answer"]
+        )
+    assert max(len(r["answer"]) for r in d["full"]) < 100  # one short sentence each
