@@ -21,7 +21,9 @@ retain loss of a pass; fixed: lam never changes (scalarised training with weight
 Scalar = float | jax.Array
 
 
-def lagrangian(forget_loss: Scalar, retain_loss: Scalar, lam: Scalar, eps: Scalar, gamma: Scalar = 1.0):
+def lagrangian(
+    forget_loss: Scalar, retain_loss: Scalar, lam: Scalar, eps: Scalar, gamma: Scalar = 1.0
+) -> jax.Array:
     """gamma * L_f + lam * (L_r - eps), fp32. Its gradient in lam is the dual ascent direction L_r - eps."""
     lam = jnp.asarray(lam, jnp.float32)
     return gamma * jnp.asarray(forget_loss, jnp.float32) + lam * (jnp.asarray(retain_loss, jnp.float32) - eps)

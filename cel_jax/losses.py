@@ -168,23 +168,24 @@ def kl_per_position(logits_BTV: jax.Array, ref_logits_BTV: jax.Array) -> jax.Arr
         )
     logp = jax.nn.log_softmax(logits_BTV.astype(jnp.float32), axis=-1)
     logq = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits_BTV).astype(jnp.float32), axis=-1)
-    return jnp.sum(jnp.exp(logq) * (logq - logp), axis=-1)
+    p_ref = jnp.exp(logq)
+    return jnp.sum(jnp.where(p_ref > 0, p_ref * (logq - logp), 0.0), axis=-1)  # 0 log 0 = 0
 
 
 def kl_to_reference(
-    logits_BTV: jax.Array, ref_logits_BTV: jax.Array, mask_BT: jax.Array | None = None
+    logits_BTV: jax.Array, ref_logits_BTV: jax.Array, mask: jax.Array | None = None
 ) -> jax.Array:
     """KL(p_ref || p_model) averaged over positions.
 
-    mask_BT=None: reference GradDiff KL, `kl_div(..., reduction="batchmean")` on (B*T, V), i.e. the
+    mask=None: reference GradDiff KL, `kl_div(..., reduction="batchmean")` on (B*T, V), i.e. the
     mean over ALL B*T positions (prompt and padding included). With a mask: mean over masked positions.
     """
     kl_BT = kl_per_position(logits_BTV, ref_logits_BTV)
-    if mask_BT is None:
+    if mask is None:
         return jnp.mean(kl_BT)
-    if tuple(mask_BT.shape) != tuple(kl_BT.shape):
-        raise ValueError(f"kl: mask must have shape {tuple(kl_BT.shape)}, got {tuple(mask_BT.shape)}")
-    return masked_mean(kl_BT, mask_BT)
+    if tuple(mask.shape) != tuple(kl_BT.shape):
+        raise ValueError(f"kl: mask must have shape {tuple(kl_BT.shape)}, got {tuple(mask.shape)}")
+    return masked_mean(kl_BT, mask)
 
 
 def kl_on_targets(logits_BTV: jax.Array, ref_logits_BTV: jax.Array, labels_BT: jax.Array) -> jax.Array:

@@ -39,14 +39,16 @@ def fill_mesh_shape(shape: Sequence[int], n_devices: int) -> tuple[int, ...]:
         if n_devices % known:
             raise ValueError(f"mesh shape {shape} does not divide {n_devices} devices")
         shape[shape.index(-1)] = n_devices // known
-    if int(np.prod(shape)) != n_devices:
-        raise ValueError(f"mesh shape {shape} uses {int(np.prod(shape))} devices, but {n_devices} exist")
+    if int(np.prod(shape)) > n_devices:
+        raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, but {n_devices} exist")
     return tuple(shape)
 
 
 def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> jax.sharding.Mesh:
-    devices = devices if devices is not None else jax.devices()
+    """A (data, fsdp, tensor) mesh; an explicit shape smaller than the device count uses the first ones."""
+    devices = list(devices if devices is not None else jax.devices())
     full = fill_mesh_shape(shape, len(devices))
+    devices = devices[: int(np.prod(full))]
     return jax.make_mesh(full, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * 3, devices=devices)
 
 

@@ -50,14 +50,15 @@ def test_dual_update_does_not_backpropagate_into_retain_loss():
 
 
 def test_sequence_of_updates_matches_python_rule():
-    rng = np.random.default_rng(0)
-    losses_M = rng.uniform(0.0, 1.0, size=20).astype(np.float32)
-    lam, lam_py = jnp.float32(3.0), 3.0
+    losses_M = np.array([0.9] * 5 + [1.0] * 4 + [0.0] * 6 + [0.6, 0.2, 0.9, 0.9, 0.1], np.float32)
+    lam, lam_py, seen = jnp.float32(1.0), 1.0, []
     for k, l_r in enumerate(losses_M):
         active = k >= 5  # warm start: first 5 updates are skipped
-        lam = dual.dual_update(lam, l_r, 0.4, 2.0, active, lam_max=4.0)
-        lam_py = py_update(lam_py, float(l_r), 0.4, 2.0, active, lam_max=4.0)
+        lam = dual.dual_update(lam, l_r, 0.5, 1.0, active, lam_max=2.5)
+        lam_py = py_update(lam_py, float(l_r), 0.5, 1.0, active, lam_max=2.5)
         np.testing.assert_allclose(lam, lam_py, rtol=1e-5, atol=1e-6)
+        seen.append(lam_py)
+    assert seen[4] == 1.0 and 0.0 in seen and 2.5 in seen  # held, projected at 0, clipped at lam_max
 
 
 @pytest.mark.parametrize("lam_max", [None, 2.5])

@@ -1,0 +1,80 @@
+"""Defaults shared by the `configs/*.py` files (each returns a ConfigDict built from these)."""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def _common() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = dict(name_or_path="smollm2-135m-instruct", dtype="float32", param_dtype="float32", remat="none")
+    c.data = dict(
+        source="../shared/data/tofu",
+        forget_split="forget01",
+        retain_split="retain99",
+        train_split="full",
+        train_rows="",
+        forget_rows="",
+        retain_rows="",
+        template="chat",
+        system_prompt="default",
+        max_length=512,
+        bucket_multiple=32,
+        on_too_long="error",
+        compat_mask=False,
+    )
+    c.mesh = dict(shape=(1, -1, 1))  # (data, fsdp, tensor); -1 takes the remaining devices
+    # The reference's TOFU recipe: lr 1e-5, wd 0.01, one warmup epoch, linear decay, clip 1.0.
+    c.optim = dict(
+        lr=1e-5, weight_decay=0.01, warmup_epochs=1.0, schedule="linear", clip=1.0, b1=0.9, b2=0.999, eps=1e-8
+    )
+    c.batch_size = 4  # micro-batch, global over all devices
+    c.grad_accum = 4
+    c.epochs = 10
+    c.max_steps = config_dict.placeholder(int)  # stop after N optimizer steps (smoke runs)
+    c.seed = 0
+    c.shuffle = True
+    c.ckpt = dict(every=50, keep=2, async_save=True)
+    c.export = True
+    c.show_examples = False
+    c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
+    c.eval = dict(enabled=False)
+    return c
+
+
+def unlearn_config() -> ml_collections.ConfigDict:
+    c = _common()
+    c.method = "pdu"
+    c.method_args = ml_collections.ConfigDict()  # overrides of the method's reference defaults
+    c.solver = "primal_dual"  # primal_dual | scalarized
+    c.compat = False  # reproduce the reference's documented defects (see docs/differences.md)
+    # Dual: λ0, η (step size), ε absolute or relative ε = (1 + eps_alpha) L_r(π_ref), warm start.
+    c.dual = dict(
+        lam0=100.0,
+        lr=5.0,
+        eps=config_dict.placeholder(float),
+        eps_alpha=config_dict.placeholder(float),
+        eps_ref_items=config_dict.placeholder(int),
+        lam_max=config_dict.placeholder(float),
+        warmup_epochs=5,
+        mode="step",
+    )
+    c.dual.eps = 0.3
+    return c
+
+
+def finetune_config() -> ml_collections.ConfigDict:
+    c = _common()
+    c.epochs = 5
+    c.dual = dict(
+        lam0=0.0,
+        lr=0.0,
+        eps=0.0,
+        eps_alpha=config_dict.placeholder(float),
+        eps_ref_items=config_dict.placeholder(int),
+        lam_max=config_dict.placeholder(float),
+        warmup_epochs=0,
+        mode="fixed",
+    )
+    return c

@@ -1,0 +1,512 @@
+"""Memory planner (`cel-jax plan`): bytes per device of a training run, before paying for the machines.
+
+Axes: B global batch (sequences per forward pass, all devices), b = B / (data*fsdp) per device,
+T sequence length, D model, N q-heads, K kv-heads, H head_dim, F mlp, V vocab, L layers.
+
+Exact parts: parameters, optimizer state, gradients and the frozen reference model are computed leaf by leaf
+from the model's own parameter list (`nnx.eval_shape`, no weights) and the sharding rules of
+`cel_jax.sharding` (`logical_to_spec`: an axis stays replicated when the mesh axis does not divide it), so
+they equal what the sharded arrays occupy (tests/test_plan.py checks this on 8 fake devices). Optimizer state
+assumes it is sharded like the parameters (built with `optax.tree_map_params`; a plain `jax.jit(tx.init)`
+replicates it).
+
+Estimated part: activations (see `activation_bytes`), and XLA's temporary buffers are not modelled
+beyond one recomputed layer. Treat activations as an order of magnitude and keep ~10-15% HBM headroom.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from cel_jax.model.config import LlamaConfig
+from cel_jax.sharding import MESH_AXES, RULES, fill_mesh_shape, logical_to_spec
+
+GIB = 1024**3
+REMAT_ALIASES = {"nothing_saveable": "full", "minimal": "full", "": "none", None: "none"}
+OPTIMIZERS = ("adamw", "adam", "sgd", "none")
+# HBM per chip (GiB), for the "fits on" line. v4/v5p count one chip (two TensorCores as one JAX device).
+HBM_GIB = {"v5e": 16, "v4": 32, "v6e": 32, "v5p": 95, "A100-40G": 40, "A100/H100-80G": 80, "H200": 141}
+USABLE_HBM = 0.9  # fraction left to our buffers after the runtime, XLA scratch and fragmentation
+SWEEP_DEVICES = (4, 8, 16, 32, 64, 128)
+
+_LLAMA3_ROPE = dict(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0)
+_LLAMA3 = dict(
+    architectures=["LlamaForCausalLM"],
+    model_type="llama",
+    vocab_size=128256,
+    hidden_act="silu",
+    max_position_embeddings=131072,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    attention_bias=False,
+    mlp_bias=False,
+    bos_token_id=128000,
+    eos_token_id=128001,
+)
+# Hugging Face config.json contents of the presets (public model cards); no weights are read.
+PRESETS: dict[str, dict[str, Any]] = {
+    "smollm2-135m": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        vocab_size=49152,
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        hidden_act="silu",
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_theta=100000.0,
+        tie_word_embeddings=True,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+    "llama-3.2-1b": dict(
+        _LLAMA3,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        tie_word_embeddings=True,
+        rope_scaling=dict(_LLAMA3_ROPE, factor=32.0, original_max_position_embeddings=8192),
+    ),
+    "llama-3.2-3b": dict(
+        _LLAMA3,
+        hidden_size=3072,
+        intermediate_size=8192,
+        num_hidden_layers=28,
+        num_attention_heads=24,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=True,
+        rope_scaling=dict(_LLAMA3_ROPE, factor=32.0, original_max_position_embeddings=8192),
+    ),
+    "llama-3.1-8b": dict(
+        _LLAMA3,
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        tie_word_embeddings=False,
+        rope_scaling=dict(_LLAMA3_ROPE, factor=8.0, original_max_position_embeddings=8192),
+    ),
+    "llama-2-7b": dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        vocab_size=32000,
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        hidden_act="silu",
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------ model
+def _preset_key(name: str) -> str | None:
+    """Longest preset name contained in `name` (hub names, aliases, fine-tuned variants)."""
+    norm = name.strip().rstrip("/").lower().replace("_", "-")
+    hits = [k for k in PRESETS if k in norm]
+    return max(hits, key=len) if hits else None
+
+
+def _cached_hf_config(name: str) -> Path | None:
+    """config.json of `name` when it is already on disk (HF hub cache or cel_jax's embedded cache)."""
+    try:
+        from cel_jax import embedded
+
+        if name in embedded.ALIASES:
+            p = embedded.cache_dir() / "models" / name / "config.json"
+            return p if p.is_file() else None
+    except Exception:  # noqa: BLE001 - optional: planning never needs the embedded model
+        pass
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        p = try_to_load_from_cache(name, "config.json")
+        return Path(p) if isinstance(p, str) else None
+    except Exception:  # noqa: BLE001 - not a hub name, or huggingface_hub missing
+        return None
+
+
+def hf_config_dict(name_or_path: str) -> dict[str, Any]:
+    """The HF config dict of a local folder / config.json, a cached hub model, or a preset (no download)."""
+    p = Path(os.path.expanduser(str(name_or_path)))
+    if p.is_dir() and (p / "config.json").is_file():
+        return json.loads((p / "config.json").read_text())
+    if p.is_file() and p.name.endswith(".json"):
+        return json.loads(p.read_text())
+    cached = _cached_hf_config(str(name_or_path))
+    if cached is not None:
+        return json.loads(cached.read_text())
+    key = _preset_key(str(name_or_path))
+    if key is not None:
+        return dict(PRESETS[key])
+    raise ValueError(
+        f"cannot plan for model {name_or_path!r}: not a local folder with config.json, not in the HF cache, "
+        f"and not a known preset {sorted(PRESETS)}"
+    )
+
+
+def model_config(name_or_path: str, **runtime: Any) -> LlamaConfig:
+    """LlamaConfig for `name_or_path` with runtime fields (param_dtype, dtype, remat)."""
+    return LlamaConfig.from_hf_dict(hf_config_dict(name_or_path), **runtime)
+
+
+def param_leaves(cfg: LlamaConfig) -> list[tuple[str, tuple[int, ...], np.dtype, tuple | None]]:
+    """(path, shape, dtype, logical axes) of every parameter, from the abstract model (no memory)."""
+    from cel_jax.model import Llama
+
+    abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+    out = []
+    for path, var in nnx.iter_graph(abstract):
+        if isinstance(var, nnx.Param):
+            axes = var.get_metadata().get("logical_axes")
+            out.append((".".join(map(str, path)), tuple(var.shape), np.dtype(var.dtype), axes))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- mesh
+def abstract_mesh(mesh_shape: Sequence[int]) -> jax.sharding.AbstractMesh:
+    shape = tuple(int(s) for s in mesh_shape)
+    if len(shape) != len(MESH_AXES) or min(shape) < 1:
+        raise ValueError(f"mesh shape {tuple(mesh_shape)} must be {len(MESH_AXES)} positive sizes {MESH_AXES}")
+    return jax.sharding.AbstractMesh(shape, MESH_AXES)
+
+
+def shard_shape(shape: Sequence[int], spec, mesh) -> tuple[int, ...]:
+    """Per-device block shape of an array with PartitionSpec `spec` on `mesh` (sizes divide exactly)."""
+    out = []
+    for i, size in enumerate(shape):
+        entry = spec[i] if i < len(spec) else None
+        names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        out.append(size // math.prod(mesh.shape[n] for n in names))
+    return tuple(out)
+
+
+def param_bytes_per_device(cfg: LlamaConfig, mesh_shape: Sequence[int], dtype=None, rules=RULES) -> int:
+    """Exact bytes one device holds for a parameter-shaped tree (params, grads, Adam mu or nu)."""
+    mesh = abstract_mesh(mesh_shape)
+    total = 0
+    for _, shape, pdt, axes in param_leaves(cfg):
+        block = shard_shape(shape, logical_to_spec(axes, shape, mesh, rules), mesh)
+        total += math.prod(block) * np.dtype(dtype or pdt).itemsize
+    return total
+
+
+def _div(size: int, n: int) -> int:
+    """Shard count actually used for a dimension: n when it divides `size`, else 1 (replicated)."""
+    return n if n > 1 and size % n == 0 else 1
+
+
+# ------------------------------------------------------------------------------------ activations
+def activation_bytes(
+    cfg: LlamaConfig, mesh_shape: Sequence[int], batch: int, seq_len: int, remat: str = "none", streams: int = 1
+) -> dict[str, int]:
+    """Estimated activation bytes per device for `streams` forward passes inside one `value_and_grad`.
+
+    Per decoder layer and per device (n = b*T tokens, s = compute-dtype bytes, tp = tensor size when it
+    divides the dimension), the tensors a backward pass needs:
+      resid   n*D*4                 layer input (float32 residual stream)
+      norms   2*n*D*(4+s)           two RMSNorm outputs (float32) and their casts
+      qkv     n*(N+2K)*H*s/tp       projections (dot, no batch dims)
+      rope    n*(N+K)*H*s/tp        rotated q and k
+      scores  b*N*T*T*4/tp          attention logits (dot with batch dims, float32)
+      probs   b*N*T*T*(4+s)/tp      softmax in float32 and its cast
+      attn    n*N*H*s/tp            probs @ v (dot with batch dims)
+      o       n*D*(s+4)             output projection (dot, no batch dims) and the residual sum
+      gate_up 2*n*F*s/tp            gate and up projections (dots, no batch dims)
+      swiglu  2*n*F*s/tp            silu(gate) and silu(gate)*up
+      down    n*D*(s+4)             down projection (dot, no batch dims) and the residual sum
+    What each remat policy keeps for every layer:
+      none                              everything above
+      dots_saveable                     resid + qkv + scores + attn + gate_up + the dot part of o, down
+      dots_with_no_batch_dims_saveable  resid + qkv + gate_up + the dot part of o, down
+      full (nothing_saveable)           resid
+    plus, with remat, one layer's full set while it is recomputed in the backward pass. Outside the
+    layers each stream keeps the embedding output (n*D*4), the final norm (n*D*(4+s)) and float32 logits
+    with one logits-sized temporary for the softmax and its gradient (2*n*V*4/tp).
+    """
+    remat = REMAT_ALIASES.get(remat, remat)
+    if remat not in ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"):
+        raise ValueError(f"unknown remat policy {remat!r}")
+    data, fsdp, tensor = (int(s) for s in mesh_shape)
+    if batch % (data * fsdp):
+        raise ValueError(f"batch {batch} is not divisible by data*fsdp = {data * fsdp} (mesh {tuple(mesh_shape)})")
+    b, T = batch // (data * fsdp), seq_len
+    n, s = b * T, np.dtype(cfg.dtype).itemsize
+    D, N, K, H, F, V = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size
+    tN, tK, tF, tV = _div(N, tensor), _div(K, tensor), _div(F, tensor), _div(V, tensor)
+    t = dict(
+        resid=n * D * 4,
+        norms=2 * n * D * (4 + s),
+        qkv=n * N * H * s // tN + 2 * n * K * H * s // tK,
+        rope=n * N * H * s // tN + n * K * H * s // tK,
+        scores=b * N * T * T * 4 // tN,
+        probs=b * N * T * T * (4 + s) // tN,
+        attn=n * N * H * s // tN,
+        o=n * D * (s + 4),
+        gate_up=2 * n * F * s // tF,
+        swiglu=2 * n * F * s // tF,
+        down=n * D * (s + 4),
+    )
+    full_layer = sum(t.values())
+    dots_nb = t["resid"] + t["qkv"] + t["gate_up"] + 2 * n * D * s
+    kept = {
+        "none": full_layer,
+        "dots_saveable": dots_nb + t["scores"] + t["attn"],
+        "dots_with_no_batch_dims_saveable": dots_nb,
+        "full": t["resid"],
+    }[remat]
+    outside = n * D * 4 + n * D * (4 + s) + 2 * n * V * 4 // tV
+    layers = streams * cfg.n_layers * kept
+    recompute = 0 if remat == "none" else full_layer
+    return dict(
+        layers=layers,
+        recompute=recompute,
+        outside=streams * outside,
+        total=layers + recompute + streams * outside,
+        local_batch=b,
+    )
+
+
+# ------------------------------------------------------------------------------------------- plan
+def method_needs(method: str | None, retain_loss: str | None = "default") -> dict[str, Any]:
+    """Forward streams inside the gradient, and reference-model needs, of an unlearning method."""
+    if method is None:
+        return dict(streams=1, reference=False, ref_logits=0, ref_hidden=0)
+    from cel_jax import methods
+
+    spec = methods.get_method(method)
+    kind = spec.retain_loss if retain_loss == "default" else retain_loss
+    streams = 1 + (kind is not None) + bool(spec.needs_idk)
+    ref_logits = ("ref_forget_logits" in spec.forget_inputs) + (kind == "kl")
+    ref_hidden = int(kind == "embed_diff")
+    return dict(
+        streams=streams,
+        reference=methods.requires_reference(method, retain_loss),
+        ref_logits=ref_logits,
+        ref_hidden=ref_hidden,
+    )
+
+
+def estimate(
+    model_cfg: LlamaConfig,
+    mesh_shape: Sequence[int],
+    batch: int,
+    seq_len: int,
+    param_dtype: str | None = None,
+    dtype: str | None = None,
+    optimizer: str = "adamw",
+    remat: str | None = None,
+    grad_accum: int = 1,
+    method: str | None = None,
+    retain_loss: str | None = "default",
+    reference_dtype: str | None = None,
+) -> dict[str, Any]:
+    """Bytes per device of one training step on a concrete mesh (data, fsdp, tensor).
+
+    `batch` is the global micro-batch (sequences per forward pass, summed over devices). Rows: params,
+    optimizer (AdamW mu + nu in the parameter dtype + an int32 count), gradients (parameter dtype),
+    grad_accum_buffer (one parameter-shaped buffer when grad_accum > 1), reference (frozen reference
+    model, sharded like the parameters, when `method` needs one), reference_outputs (reference logits or
+    hidden states kept for the loss), activations (`activation_bytes`), total.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {OPTIMIZERS}")
+    if int(grad_accum) < 1:
+        raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
+    if int(batch) < 1 or int(seq_len) < 1:
+        raise ValueError(f"batch and seq_len must be positive, got batch={batch} seq_len={seq_len}")
+    if any(int(s) == -1 for s in mesh_shape):
+        raise ValueError(f"mesh shape {tuple(mesh_shape)} has -1: give concrete sizes to estimate()")
+    rt = {k: v for k, v in dict(param_dtype=param_dtype, dtype=dtype, remat=remat).items() if v is not None}
+    if "remat" in rt:
+        rt["remat"] = REMAT_ALIASES.get(rt["remat"], rt["remat"])
+    cfg = model_cfg.replace(**rt)
+    mesh_shape = tuple(int(s) for s in mesh_shape)
+    need = method_needs(method, retain_loss)
+    p = param_bytes_per_device(cfg, mesh_shape)
+    opt = {"adamw": 2 * p + 4, "adam": 2 * p + 4, "sgd": 0, "none": 0}[optimizer]
+    train = optimizer != "none"
+    act = activation_bytes(cfg, mesh_shape, batch, seq_len, cfg.remat, need["streams"])
+    data, fsdp, tensor = mesh_shape
+    n_tok = act["local_batch"] * seq_len
+    ref_out = n_tok * 4 * (need["ref_logits"] * cfg.vocab_size // _div(cfg.vocab_size, tensor))
+    ref_out += n_tok * 4 * need["ref_hidden"] * cfg.d_model
+    rows = dict(
+        params=p,
+        optimizer=opt,
+        gradients=p if train else 0,
+        grad_accum_buffer=p if train and grad_accum > 1 else 0,
+        reference=param_bytes_per_device(cfg, mesh_shape, reference_dtype) if need["reference"] else 0,
+        reference_outputs=ref_out,
+        activations=act["total"],
+    )
+    rows["total"] = sum(rows.values())
+    n_dev = math.prod(mesh_shape)
+    return dict(
+        rows,
+        n_devices=n_dev,
+        mesh_shape=mesh_shape,
+        local_batch=act["local_batch"],
+        n_params=cfg.num_params,
+        activation_detail=act,
+        streams=need["streams"],
+        needs_reference=need["reference"],
+        remat=cfg.remat,
+        param_dtype=cfg.param_dtype,
+        dtype=cfg.dtype,
+    )
+
+
+def suggest_mesh(
+    model_cfg: LlamaConfig,
+    n_devices: int,
+    batch: int,
+    seq_len: int,
+    hbm_bytes: float,
+    devices_per_host: int = 4,
+    **kw: Any,
+) -> tuple[int, int, int] | None:
+    """Smallest tensor-parallel degree (<= devices_per_host) whose plan fits `hbm_bytes`; fsdp gets the rest.
+
+    FSDP over every chip first: it shards params and optimizer state with one all-gather per layer and
+    keeps every chip busy on its own sequences. Tensor parallelism only when the batch is too small to
+    give each chip a sequence, or activations do not fit, and only within a host (its all-reduces run
+    every layer, on the fastest links).
+    """
+    t = 1
+    while t <= min(devices_per_host, n_devices):
+        if n_devices % t == 0 and batch % (n_devices // t) == 0:
+            shape = (1, n_devices // t, t)
+            if estimate(model_cfg, shape, batch, seq_len, **kw)["total"] <= USABLE_HBM * hbm_bytes:
+                return shape
+        t *= 2
+    return None
+
+
+# ---------------------------------------------------------------------------------------- command
+ROWS = (
+    ("params", "params"),
+    ("optimizer", "optimizer state"),
+    ("gradients", "gradients"),
+    ("grad_accum_buffer", "grad accumulator"),
+    ("reference", "reference model"),
+    ("reference_outputs", "reference outputs"),
+    ("activations", "activations (est.)"),
+    ("total", "total / device"),
+)
+
+
+def _gib(x: float) -> str:
+    return f"{x / GIB:9.2f}"
+
+
+def format_table(plans: Sequence[dict[str, Any] | None], labels: Sequence[str]) -> str:
+    """Rows = memory components (GiB per device), columns = candidate meshes."""
+    width = max(11, *(len(x) + 1 for x in labels))
+    head = f"{'GiB per device':<22}" + "".join(f"{x:>{width}}" for x in labels)
+    lines = [head, "-" * len(head)]
+    for key, name in ROWS:
+        cells = [(_gib(p[key]) if p else "n/a") for p in plans]
+        lines.append(f"{name:<22}" + "".join(f"{c:>{width}}" for c in cells))
+    cells = [(_gib(p["total"] * p["n_devices"]) if p else "n/a") for p in plans]
+    lines.append(f"{'total, all devices':<22}" + "".join(f"{c:>{width}}" for c in cells))
+    for chip, gib in HBM_GIB.items():
+        cells = [("-" if not p else "yes" if p["total"] <= USABLE_HBM * gib * GIB else "no") for p in plans]
+        lines.append(f"{'fits ' + chip + f' ({gib} GiB)':<22}" + "".join(f"{c:>{width}}" for c in cells))
+    return "\n".join(lines)
+
+
+def _get(cfg, dotted: str, default=None):
+    node = cfg
+    for part in dotted.split("."):
+        try:
+            node = node[part] if part in node else None
+        except TypeError:
+            node = getattr(node, part, None)
+        if node is None:
+            return default
+    return node
+
+
+def _method_of(config) -> tuple[str | None, str | None]:
+    m = _get(config, "method")
+    if m is None or isinstance(m, str):
+        return m or None, "default"
+    name = _get(m, "name")
+    retain = _get(m, "retain_loss", "default")
+    return name, retain
+
+
+def plan_command(config, flags) -> int:
+    """Print the per-device memory table for the config's model, mesh, batch and method."""
+    name = _get(config, "model.name_or_path")
+    if not name:
+        raise ValueError("`cel-jax plan` needs config.model.name_or_path (a local HF folder or a preset)")
+    runtime = dict(
+        param_dtype=_get(config, "model.param_dtype", "float32"),
+        dtype=_get(config, "model.dtype", "bfloat16"),
+        remat=REMAT_ALIASES.get(_get(config, "model.remat", "none"), _get(config, "model.remat", "none")),
+    )
+    cfg = model_config(name, **runtime)
+    batch = int(_get(config, "batch_size", 1))
+    seq_len = int(_get(config, "max_length", 512))
+    grad_accum = int(_get(config, "grad_accum", 1))
+    method, retain = _method_of(config)
+    shape = tuple(int(s) for s in _get(config, "mesh.shape", (1, -1, 1)))
+    if -1 in shape:
+        counts = [n for n in SWEEP_DEVICES if n % math.prod(s for s in shape if s != -1) == 0]
+        meshes = [fill_mesh_shape(shape, n) for n in counts]
+    else:
+        meshes = [shape]
+    plans = []
+    for m in meshes:
+        try:
+            plans.append(estimate(cfg, m, batch, seq_len, grad_accum=grad_accum, method=method, retain_loss=retain))
+        except ValueError as e:  # e.g. batch not divisible by data*fsdp on this mesh
+            if len(meshes) == 1:
+                raise
+            print(f"mesh {m}: {e}")
+            plans.append(None)
+    p0 = next((p for p in plans if p), None)
+    print(
+        f"cel-jax plan: {name} ({cfg.num_params / 1e9:.2f} B params), method {method or 'none (finetune)'}, "
+        f"micro-batch {batch} x {seq_len} tokens, grad_accum {grad_accum}"
+    )
+    if p0:
+        print(
+            f"params {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}, optimizer adamw, "
+            f"forward streams in the gradient {p0['streams']}, reference model {p0['needs_reference']}"
+        )
+    labels = [f"{m}" for m in meshes]
+    print(format_table(plans, labels))
+    print(
+        "Exact: params, optimizer, gradients, reference (sharding rules of cel_jax.sharding). Estimated: "
+        "activations (cel_jax.plan.activation_bytes). 'fits' keeps 10% of HBM free."
+    )
+    return 0

@@ -1,0 +1,405 @@
+"""The unlearning / fine-tuning loop: validate, prepare data, build the sharded state, run jitted steps,
+log, checkpoint (Orbax, resumable), export the final model as an HF folder.
+
+Axes: M micro-batches per optimizer step, B micro-batch size (global), T length.
+Only process 0 writes logs, plots and exports; every process builds the same global batch order and
+feeds its own slice (`host_slice`) into global arrays.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from cel_jax import checkpoint, data, methods, optim, sharding
+from cel_jax import dual as dual_lib
+from cel_jax import step as step_lib
+from cel_jax.train_data import TrainData, prepare_data
+
+SOLVERS = ("primal_dual", "scalarized")
+
+
+# --------------------------------------------------------------------------------------- validation
+def validate_config(cfg, mode: str) -> None:
+    """Cheap checks before anything is loaded or compiled."""
+    if mode == "unlearn":
+        methods.get_method(cfg.method)  # unknown method -> ValueError with the valid names
+        if cfg.solver not in SOLVERS:
+            raise ValueError(f"unknown solver {cfg.solver!r}; expected one of {SOLVERS}")
+        methods.resolve_hparams(cfg.method, _method_overrides(cfg))
+        if cfg.solver == "primal_dual":
+            eps = cfg.dual.eps if cfg.dual.eps is not None else 1.0  # relative ε is checked below
+            dual_lib.validate_dual_config(eps, cfg.dual.lr, cfg.dual.lam0, cfg.dual.lam_max, cfg.dual.mode)
+            if cfg.dual.eps is None and cfg.dual.eps_alpha is None:
+                raise ValueError("primal_dual needs dual.eps (absolute) or dual.eps_alpha (relative)")
+            if cfg.dual.eps is not None and cfg.dual.eps_alpha is not None:
+                raise ValueError("give either dual.eps or dual.eps_alpha, not both")
+            if cfg.dual.eps_alpha is not None and not cfg.dual.eps_alpha >= 0:
+                raise ValueError(f"dual.eps_alpha must be >= 0, got {cfg.dual.eps_alpha}")
+            if cfg.dual.warmup_epochs < 0:
+                raise ValueError(f"dual.warmup_epochs must be >= 0, got {cfg.dual.warmup_epochs}")
+    for key in ("batch_size", "grad_accum", "epochs"):
+        if not int(cfg[key]) >= 1:
+            raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
+    if not cfg.optim.lr > 0 or not math.isfinite(cfg.optim.lr):
+        raise ValueError(f"optim.lr must be a positive number, got {cfg.optim.lr}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ValueError(f"max_steps must be >= 1 or None, got {cfg.max_steps}")
+    data_par = np.prod(sharding.fill_mesh_shape(cfg.mesh.shape, jax.device_count())[:2])
+    if cfg.batch_size % data_par:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} must be a multiple of the mesh's data x fsdp size "
+            f"{data_par} (mesh.shape={tuple(cfg.mesh.shape)} on {jax.device_count()} devices)"
+        )
+
+
+def _method_overrides(cfg) -> dict:
+    return dict(cfg.method_args.to_dict()) if cfg.get("method_args") is not None else {}
+
+
+def make_spec(cfg, model_cfg, mode: str) -> step_lib.StepSpec:
+    if mode == "finetune":
+        return step_lib.StepSpec(
+            method="finetune", solver="finetune", dual_mode="fixed", retain_kind=None, forget_hp=()
+        )
+    spec = methods.get_method(cfg.method)
+    hp = methods.resolve_hparams(cfg.method, _method_overrides(cfg))
+    retain_kind = hp.get("retain_loss", spec.retain_loss)
+    if cfg.solver == "primal_dual" and retain_kind is None:
+        retain_kind = "nll"  # constrained version of a forget-only loss: bound the retain NLL
+    layer = None
+    if spec.needs_hidden_layer is not None:
+        layer = int(hp.get("layer", spec.needs_hidden_layer))
+        if not 0 <= layer < model_cfg.n_layers:
+            raise ValueError(f"{cfg.method}: layer {layer} outside the model's {model_cfg.n_layers} layers")
+    forget_hp = tuple(sorted((k, hp[k]) for k in spec.forget_args))
+    mode_ = cfg.dual.mode if cfg.solver == "primal_dual" else "fixed"
+    return step_lib.StepSpec(
+        method=cfg.method,
+        solver=cfg.solver,
+        dual_mode=mode_,
+        retain_kind=retain_kind,
+        forget_hp=forget_hp,
+        gamma=float(hp.get("gamma", 1.0)),
+        alpha=float(hp.get("alpha", 1.0)),
+        hidden_layer=layer,
+        compat=bool(cfg.compat),
+    )
+
+
+# --------------------------------------------------------------------------------------- state
+def create_state(params, tx, lam0: float, eps: float, seed: int) -> step_lib.TrainState:
+    return step_lib.TrainState(
+        step=jnp.int32(0),
+        params=params,
+        opt_state=tx.init(params),
+        dual=jnp.float32(lam0),
+        eps=jnp.float32(eps),
+        rng=jax.random.key_data(jax.random.key(seed)),
+    )
+
+
+def _replicate_scalars(tree, mesh):
+    rep = sharding.replicated(mesh)
+    return jax.tree.map(lambda x: jax.device_put(x, rep) if getattr(x, "ndim", 1) == 0 else x, tree)
+
+
+def batch_sharding(mesh) -> NamedSharding:
+    return NamedSharding(mesh, P(None, ("data", "fsdp")))  # [M, B, ...]: B over data x fsdp
+
+
+def to_global(batch: dict, mesh) -> dict:
+    """Host batch (same on every process) -> global arrays sharded over the batch axis."""
+    shd = batch_sharding(mesh)
+    n, i = jax.process_count(), jax.process_index()
+
+    def put(x):
+        if n == 1:
+            return jax.device_put(x, shd)
+        per = x.shape[1] // n
+        local = x[:, i * per : (i + 1) * per]
+        return jax.make_array_from_process_local_data(shd, local, x.shape)
+
+    return jax.tree.map(put, batch)
+
+
+# --------------------------------------------------------------------------------------- logging
+class MetricsLog:
+    """metrics.jsonl (one line per optimizer step), process 0 only; truncated to the resume step."""
+
+    def __init__(self, workdir: Path, resume_step: int):
+        self.path = workdir / "metrics.jsonl"
+        self.enabled = jax.process_index() == 0
+        if self.enabled and self.path.exists():
+            keep = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln and json.loads(ln)["step"] <= resume_step
+            ]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(k + "\n" for k in keep))
+            os.replace(tmp, self.path)
+
+    def write(self, row: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def _to_py(x):
+    x = np.asarray(x)
+    return x.tolist() if x.ndim else float(x)
+
+
+# --------------------------------------------------------------------------------------- main loop
+def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
+    """Run (or resume) an unlearning/fine-tuning job in `workdir`; returns a summary dict."""
+    from cel_jax import hf_io
+
+    _maybe_initialize_distributed(cfg)
+    validate_config(cfg, mode)
+    if not workdir:
+        raise ValueError("--workdir is required")
+    wd = Path(workdir)
+    if jax.process_index() == 0:
+        wd.mkdir(parents=True, exist_ok=True)
+    mesh = sharding.make_mesh(cfg.mesh.shape)
+
+    folder = hf_io.resolve(cfg.model.name_or_path)
+    model_cfg = hf_io.read_config(
+        folder, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat
+    )
+    tok = hf_io.load_tokenizer(folder)
+    if len(tok) > model_cfg.vocab_size:
+        raise ValueError(
+            f"tokenizer of {folder} has {len(tok)} tokens; model vocabulary is {model_cfg.vocab_size}"
+        )
+    spec = make_spec(cfg, model_cfg, mode)
+    td: TrainData = prepare_data(
+        cfg, tok, mode, needs_idk=mode == "unlearn" and methods.get_method(cfg.method).needs_idk
+    )  # all data errors surface here, before the model is loaded
+
+    steps_per_epoch = data.steps_per_epoch(td.n_anchor, cfg.batch_size * cfg.grad_accum)
+    total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps:
+        total_steps = min(total_steps, int(cfg.max_steps))
+    warmup_steps = int(cfg.optim.warmup_epochs * steps_per_epoch)
+    tx = optim.make_optimizer(cfg.optim, steps_per_epoch * cfg.epochs, warmup_steps)
+    lr_at = optim.lr_schedule(
+        cfg.optim.lr, steps_per_epoch * cfg.epochs, warmup_steps, cfg.optim.get("schedule", "linear")
+    )
+
+    model, _ = hf_io.load_pretrained(
+        str(folder),
+        dtype=cfg.model.dtype,
+        param_dtype=cfg.model.param_dtype,
+        remat=cfg.model.remat,
+        mesh=mesh,
+        with_tokenizer=False,
+    )
+    graphdef, params_state = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params_state)
+    ref_params = params if step_lib.needed_reference(spec) else None
+    consts = {}
+    if spec.method == "rmu":
+        hp = dict(spec.forget_hp)
+        coeff = methods.resolve_hparams("rmu", _method_overrides(cfg))["steering_coeff"]
+        consts["control_vec"] = methods.rmu_control_vector(
+            jax.random.key(cfg.seed + 17), model_cfg.d_model, coeff
+        )
+        del hp
+
+    # ε: absolute, or relative to the reference model's retain loss (measured once, stored in the ckpt).
+    mgr = checkpoint.manager(str(wd), cfg.ckpt.every, cfg.ckpt.keep, cfg.ckpt.get("async_save", True))
+    lam0 = cfg.dual.lam0 if mode == "unlearn" and cfg.solver == "primal_dual" else 0.0
+    state = create_state(params, tx, lam0, 0.0, cfg.seed)
+    state = _replicate_scalars(state, mesh)
+    restored = checkpoint.restore_latest(mgr, state)
+    if restored is not None:
+        state, meta = restored
+        cursor = data.Cursor(*meta["cursor"])
+        eps = float(meta["eps"])
+        print(f"resumed from step {int(state.step)} (epoch {cursor.epoch}, position {cursor.position})")
+    else:
+        cursor = data.Cursor(0, 0)
+        eps = _initial_eps(cfg, mode, spec, params, graphdef, td, mesh)
+        state = state.replace(eps=jax.device_put(jnp.float32(eps), sharding.replicated(mesh)))
+    meta_base = {"config": cfg.to_dict(), "eps": eps}
+    log = MetricsLog(wd, int(state.step))
+
+    state_shd = jax.tree.map(lambda x: x.sharding, state)
+    rep = sharding.replicated(mesh)
+    fn = jax.jit(
+        lambda s, b, hp, r, c: step_lib.train_step(s, b, hp, r, c, graphdef=graphdef, tx=tx, spec=spec),
+        donate_argnums=0,
+        out_shardings=(state_shd, rep),
+    )
+
+    from tqdm import tqdm
+
+    start_step = int(state.step)
+    bar = tqdm(
+        total=total_steps, initial=start_step, disable=jax.process_index() != 0, desc=mode, dynamic_ncols=True
+    )
+    pending = None
+    t0 = time.time()
+    lam_max = cfg.dual.lam_max if cfg.dual.lam_max is not None else float("inf")
+    while int(state.step) < total_steps:
+        step_i = int(state.step)
+        epoch_before = cursor.epoch
+        batch, cursor_after = td.next_batch(cursor, cfg.batch_size, cfg.grad_accum)
+        active = (mode == "unlearn") and (cursor.epoch >= cfg.dual.warmup_epochs)
+        hp = {
+            "dual_lr": jnp.float32(cfg.dual.lr),
+            "dual_active": jnp.bool_(active),
+            "lam_max": jnp.float32(lam_max),
+        }
+        state, metrics = fn(state, to_global(batch, mesh), hp, ref_params, consts)
+        if pending is not None:  # log the previous step now: no host sync right after dispatch
+            _emit(log, bar, pending, eps)
+        pending = (step_i, cursor.epoch, float(lr_at(step_i)), metrics, bool(active))
+        cursor = cursor_after
+        if (
+            spec.dual_mode == "epoch"
+            and cursor.epoch > epoch_before
+            and cursor.epoch >= cfg.dual.warmup_epochs
+        ):
+            mean_lr = _retain_pass(state.params, graphdef, td, cfg, mesh, epoch_before)
+            new = dual_lib.dual_update(state.dual, mean_lr, eps, cfg.dual.lr, True, lam_max)
+            state = state.replace(dual=jax.device_put(new, rep))
+        checkpoint.save(mgr, int(state.step), state, {**meta_base, "cursor": list(cursor)})
+    if pending is not None:
+        _emit(log, bar, pending, eps)
+    bar.close()
+    if mgr.latest_step() != int(state.step):
+        checkpoint.save(mgr, int(state.step), state, {**meta_base, "cursor": list(cursor)}, force=True)
+    checkpoint.finish(mgr)
+    wall = time.time() - t0
+
+    final = nnx.merge(graphdef, state.params)
+    summary = {
+        "steps": int(state.step),
+        "dual": float(state.dual),
+        "eps": eps,
+        "wall_s": wall,
+        "resumed_from": start_step,
+    }
+    if jax.process_index() == 0:
+        if cfg.get("export", True):
+            hf_io.save_pretrained(final, tok, wd / "model")
+        from cel_jax import plots
+
+        plots.training_curves(wd / "metrics.jsonl", wd / "training_curves.png")
+        (wd / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {"summary": summary, "model": final, "tokenizer": tok, "data": td}
+
+
+def _maybe_initialize_distributed(cfg) -> None:
+    try:
+        from cel_jax import distributed
+    except ImportError:  # pragma: no cover - single-host installs without the module
+        return
+    distributed.maybe_initialize(cfg.get("distributed"))
+
+
+def _emit(log: MetricsLog, bar, pending, eps: float) -> None:
+    step_i, epoch, lr, m, active = pending
+    m = jax.device_get(m)
+    row = {"step": step_i + 1, "epoch": epoch, "lr": lr, "eps": eps, "dual_active": active}
+    row.update({k: _to_py(v) for k, v in m.items()})
+    log.write(row)
+    bar.update(1)
+    bar.set_postfix(
+        forget=f"{row['forget_loss']:.4g}",
+        retain_minus_eps=f"{row['retain_loss'] - eps:+.3g}",
+        lam=f"{row['dual']:.4g}",
+    )
+
+
+def _retain_nll_fn(graphdef):
+    return jax.jit(lambda p, part: step_lib.retain_nll_sums(p, part, graphdef))
+
+
+def _token_mean_over(params, graphdef, batches, mesh) -> float:
+    f = _retain_nll_fn(graphdef)
+    tot, n = 0.0, 0
+    for b in batches:
+        b = jax.tree.map(lambda x: x[None], b)
+        s, c = f(params, jax.tree.map(lambda x: x[0], to_global(b, mesh)))
+        tot, n = tot + float(s), n + int(c)
+    if n == 0:
+        raise ValueError("the retain set has no answer tokens")
+    return tot / n
+
+
+def _initial_eps(cfg, mode, spec, params, graphdef, td: TrainData, mesh) -> float:
+    if mode != "unlearn" or cfg.solver != "primal_dual":
+        return float(cfg.dual.eps or 0.0)
+    if cfg.dual.eps is not None:
+        return float(cfg.dual.eps)
+    ref_loss = _token_mean_over(
+        params, graphdef, td.retain_batches(cfg.batch_size, cfg.dual.eps_ref_items), mesh
+    )
+    eps = dual_lib.eps_from_reference(ref_loss, cfg.dual.eps_alpha)
+    print(
+        f"ε = (1 + {cfg.dual.eps_alpha}) · L_r(π_ref) = (1 + {cfg.dual.eps_alpha}) · {ref_loss:.4f} = {eps:.4f}"
+    )
+    return eps
+
+
+def _retain_pass(params, graphdef, td: TrainData, cfg, mesh, epoch: int) -> float:
+    """Epoch mode: mean retain loss over the retain partners of one pass (no gradient)."""
+    return _token_mean_over(params, graphdef, td.partner_batches(epoch, cfg.batch_size), mesh)
+
+
+# --------------------------------------------------------------------------------------- commands
+def unlearn_command(config, flags) -> int:
+    out = run(config, flags.workdir, "unlearn")
+    _after(config, flags.workdir, out)
+    return 0
+
+
+def finetune_command(config, flags) -> int:
+    out = run(config, flags.workdir, "finetune")
+    _after(config, flags.workdir, out)
+    return 0
+
+
+def _after(cfg, workdir, out) -> None:
+    if jax.process_index() != 0:
+        return
+    s = out["summary"]
+    print(
+        f"done: {s['steps']} steps in {s['wall_s']:.0f}s, λ = {s['dual']:.4g}, ε = {s['eps']:.4g}; "
+        f"model exported to {Path(workdir) / 'model'}"
+    )
+    if cfg.get("show_examples", False):
+        from cel_jax import generate
+
+        td = out["data"]
+        qs = [td.forget_rows[0]["question"], td.retain_rows[0]["question"]]
+        answers = generate.generate_text(
+            out["model"], out["tokenizer"], qs, max_new_tokens=48, system_prompt=td.system_prompt
+        )
+        for label, q, a, row in zip(
+            ("forget", "retain"), qs, answers, (td.forget_rows[0], td.retain_rows[0]), strict=True
+        ):
+            print(f"[{label}] Q: {q}\n  truth: {row['answer']}\n  after: {a}")
+    if cfg.get("eval") is not None and cfg.eval.get("enabled", False):
+        from cel_jax.evaluation import driver
+
+        driver.evaluate_after_training(out["model"], out["tokenizer"], cfg.eval, Path(workdir) / "eval")
+
+
+Any  # re-exported for type hints in configs

@@ -1,0 +1,188 @@
+"""Training data for the engine: load + validate + tokenize once, then deterministic stacked batches.
+
+Axes: M micro-batches per optimizer step, B micro-batch size, T length (one bucket per step).
+Unlearning epochs are anchored on the forget set; each forget item gets a seeded random retain partner
+(and, for IdkDPO, a seeded "I don't know" answer), a pure function of (seed, epoch, index), so a resumed
+run sees exactly the batches an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cel_jax import data
+
+IDK_FILE = Path(__file__).resolve().parent / "data" / "idk.jsonl"
+
+
+def parse_rows(spec: str | None, n: int) -> list[int] | None:
+    """'0:400,3960:4000' -> row indices (python slices, comma separated)."""
+    if not spec:
+        return None
+    out: list[int] = []
+    for part in str(spec).split(","):
+        a, _, b = part.partition(":")
+        if not _:
+            out.append(int(a))
+            continue
+        out.extend(range(*slice(int(a) if a else None, int(b) if b else None).indices(n)))
+    if not out:
+        raise ValueError(f"row selection {spec!r} selects no rows")
+    return out
+
+
+def _load(cfg_data, split: str, rows_spec: str | None = None) -> list[dict]:
+    src = cfg_data.source
+    if src == "demo":
+        src = data.DATA_DIR
+        split = data.DEMO_SPLITS.get(split, split)
+    rows = data.load_qa(src, split)
+    sel = parse_rows(rows_spec, len(rows))
+    if sel is not None:
+        if max(sel) >= len(rows):
+            raise ValueError(f"row selection {rows_spec!r} exceeds the {len(rows)} rows of {split!r}")
+        rows = [rows[i] for i in sel]
+    if not rows:
+        raise ValueError(f"split {split!r} of {cfg_data.source!r} is empty")
+    return rows
+
+
+@dataclasses.dataclass
+class TrainData:
+    forget_rows: list[dict]
+    retain_rows: list[dict]
+    forget_items: list[dict]  # anchor set (the fine-tuning set in finetune mode)
+    retain_items: list[dict]
+    idk_items: list[list[dict]]  # [variant][forget index]
+    pad_id: int
+    buckets: tuple[int, ...]
+    seed: int
+    shuffle: bool
+    compat_mask: bool
+    paired: bool
+    system_prompt: str | None
+
+    @property
+    def n_anchor(self) -> int:
+        return len(self.forget_items)
+
+    def _indices(self, cursor: data.Cursor, batch_size: int):
+        if self.paired:
+            return data.next_pairs(
+                len(self.forget_items), len(self.retain_items), batch_size, self.seed, cursor, self.shuffle
+            )
+        f, w, nxt = data.next_indices(len(self.forget_items), batch_size, self.seed, cursor, self.shuffle)
+        return f, None, w, nxt
+
+    def next_batch(self, cursor: data.Cursor, batch_size: int, n_micro: int) -> tuple[dict, data.Cursor]:
+        """M micro-batches stacked as [M, B, T] (one bucket T for the whole step) and the cursor after."""
+        plan = []
+        for _ in range(n_micro):
+            epoch = cursor.epoch + 1 if cursor.position >= len(self.forget_items) else cursor.epoch
+            f, r, w, cursor = self._indices(cursor, batch_size)
+            plan.append((f, r, w, epoch))
+        parts = {"forget": lambda f, r, e: [self.forget_items[i] for i in f]}
+        if self.paired:
+            parts["retain"] = lambda f, r, e: [self.retain_items[i] for i in r]
+        if self.idk_items:
+            parts["idk"] = lambda f, r, e: [self.idk_items[e % len(self.idk_items)][i] for i in f]
+        chosen = {k: [fn(f, r, e) for f, r, _, e in plan] for k, fn in parts.items()}
+        longest = max(len(it["input_ids"]) for mbs in chosen.values() for mb in mbs for it in mb)
+        length = data.pick_bucket(longest, self.buckets)
+        out = {}
+        for k, mbs in chosen.items():
+            cols = [
+                data.collate(
+                    mb,
+                    self.pad_id,
+                    self.buckets,
+                    weight=w,
+                    length=length,
+                    compat_mask=self.compat_mask,
+                    keys=("input_ids", "labels"),
+                )
+                for mb, (_, _, w, _) in zip(mbs, plan, strict=True)
+            ]
+            out[k] = {
+                key: np.stack([c[key] for c in cols]) for key in ("input_ids", "attention_mask", "labels")
+            }
+        return out, cursor
+
+    def retain_batches(self, batch_size: int, max_items: int | None = None) -> Iterator[dict]:
+        """The retain set in order (ε = (1+α)·L_r(π_ref) before training)."""
+        items = self.retain_items[: max_items or None]
+        yield from self._ordered(items, batch_size)
+
+    def partner_batches(self, epoch: int, batch_size: int) -> Iterator[dict]:
+        """The retain partners of one epoch (epoch-mode dual update)."""
+        idx = data.retain_partners(len(self.forget_items), len(self.retain_items), self.seed, epoch)
+        yield from self._ordered([self.retain_items[i] for i in idx], batch_size)
+
+    def _ordered(self, items, batch_size):
+        for idx, w in data.sequential_batches(len(items), batch_size):
+            b = data.collate(
+                [items[i] for i in idx],
+                self.pad_id,
+                self.buckets,
+                weight=w,
+                compat_mask=self.compat_mask,
+                keys=("input_ids", "labels"),
+            )
+            yield {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+
+
+def load_idk_answers(path: Path = IDK_FILE) -> list[str]:
+    return [json.loads(line)["text"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def prepare_data(cfg, tokenizer, mode: str, needs_idk: bool = False) -> TrainData:
+    """Load, validate and tokenize everything the run needs; every data error surfaces here."""
+    d = cfg.data
+    template = data.make_template(d.template.to_dict() if hasattr(d.template, "to_dict") else d.template)
+    if d.get("system_prompt", "default") != "default":
+        template = dataclasses.replace(template, system_prompt=d.system_prompt)
+    enc: dict[str, Any] = dict(
+        max_length=d.max_length, on_too_long=d.get("on_too_long", "error"), on_no_target="error"
+    )
+    if mode == "finetune":
+        forget_rows = _load(d, d.train_split, d.get("train_rows"))
+        retain_rows: list[dict] = []
+    else:
+        forget_rows = _load(d, d.forget_split, d.get("forget_rows"))
+        retain_rows = _load(d, d.retain_split, d.get("retain_rows"))
+    encode = lambda rows: data.encode_qa_rows(tokenizer, rows, template, **enc)
+    forget_items, retain_items = encode(forget_rows), encode(retain_rows)
+    idk_items: list[list[dict]] = []
+    if needs_idk:
+        answers = load_idk_answers()
+        rng = np.random.default_rng(cfg.seed + 101)
+        for _ in range(min(cfg.epochs, 5)):
+            picks = rng.integers(0, len(answers), len(forget_rows))
+            idk_items.append(
+                [
+                    data.encode_qa(tokenizer, r["question"], answers[j], template, **enc)
+                    for r, j in zip(forget_rows, picks, strict=True)
+                ]
+            )
+    longest = d.max_length + (1 if enc["on_too_long"] == "truncate" else 0)
+    buckets = data.make_buckets(longest, multiple=d.get("bucket_multiple", 32))
+    return TrainData(
+        forget_rows=forget_rows,
+        retain_rows=retain_rows,
+        forget_items=forget_items,
+        retain_items=retain_items,
+        idk_items=idk_items,
+        pad_id=data.pad_id_of(tokenizer),
+        buckets=buckets,
+        seed=cfg.seed,
+        shuffle=cfg.get("shuffle", True),
+        compat_mask=bool(d.get("compat_mask", False)),
+        paired=mode != "finetune",
+        system_prompt=template.system_prompt,
+    )
