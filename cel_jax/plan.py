@@ -34,94 +34,52 @@ GIB = 1024**3
 REMAT_ALIASES = {"nothing_saveable": "full", "minimal": "full", "": "none", None: "none"}
 OPTIMIZERS = ("adamw", "adam", "sgd", "none")
 # HBM per chip (GiB), for the "fits on" line. v4/v5p count one chip (two TensorCores as one JAX device).
-HBM_GIB = {"v5e": 16, "v4": 32, "v6e": 32, "v5p": 95, "A100-40G": 40, "A100/H100-80G": 80, "H200": 141}
+HBM_GIB = {"v5e": 16, "v4": 32, "v6e": 32, "v5p": 95, "A100-40G": 40, "H100-80G": 80, "H200": 141}
+NAME_W = 24  # width of the row-name column of the table
 USABLE_HBM = 0.9  # fraction left to our buffers after the runtime, XLA scratch and fragmentation
 SWEEP_DEVICES = (4, 8, 16, 32, 64, 128)
 
-_LLAMA3_ROPE = dict(rope_type="llama3", low_freq_factor=1.0, high_freq_factor=4.0)
-_LLAMA3 = dict(
-    architectures=["LlamaForCausalLM"],
-    model_type="llama",
-    vocab_size=128256,
-    hidden_act="silu",
-    max_position_embeddings=131072,
-    rms_norm_eps=1e-5,
-    rope_theta=500000.0,
-    attention_bias=False,
-    mlp_bias=False,
-    bos_token_id=128000,
-    eos_token_id=128001,
-)
-# Hugging Face config.json contents of the presets (public model cards); no weights are read.
+
+def _hf(vocab, d, layers, heads, kv, ff, tie, theta, max_pos, llama3_factor=None, **extra) -> dict[str, Any]:
+    """A Hugging Face Llama config.json dict."""
+    c = dict(
+        architectures=["LlamaForCausalLM"],
+        model_type="llama",
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        head_dim=d // heads,
+        intermediate_size=ff,
+        hidden_act="silu",
+        tie_word_embeddings=tie,
+        rope_theta=theta,
+        max_position_embeddings=max_pos,
+        rms_norm_eps=1e-5,
+        attention_bias=False,
+        mlp_bias=False,
+    )
+    if llama3_factor:
+        c["rope_scaling"] = dict(
+            rope_type="llama3",
+            factor=llama3_factor,
+            low_freq_factor=1.0,
+            high_freq_factor=4.0,
+            original_max_position_embeddings=8192,
+        )
+    return c | extra
+
+
+_L3 = dict(bos_token_id=128000, eos_token_id=128001)
+# config.json of the presets (public model cards), for planning without any download:
+#   vocab, d_model, layers, q heads, kv heads, d_ff, tied, rope theta, max positions, llama3 RoPE factor
 PRESETS: dict[str, dict[str, Any]] = {
-    "smollm2-135m": dict(
-        architectures=["LlamaForCausalLM"],
-        model_type="llama",
-        vocab_size=49152,
-        hidden_size=576,
-        intermediate_size=1536,
-        num_hidden_layers=30,
-        num_attention_heads=9,
-        num_key_value_heads=3,
-        head_dim=64,
-        hidden_act="silu",
-        max_position_embeddings=8192,
-        rms_norm_eps=1e-5,
-        rope_theta=100000.0,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
-    "llama-3.2-1b": dict(
-        _LLAMA3,
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=16,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=64,
-        tie_word_embeddings=True,
-        rope_scaling=dict(_LLAMA3_ROPE, factor=32.0, original_max_position_embeddings=8192),
-    ),
-    "llama-3.2-3b": dict(
-        _LLAMA3,
-        hidden_size=3072,
-        intermediate_size=8192,
-        num_hidden_layers=28,
-        num_attention_heads=24,
-        num_key_value_heads=8,
-        head_dim=128,
-        tie_word_embeddings=True,
-        rope_scaling=dict(_LLAMA3_ROPE, factor=32.0, original_max_position_embeddings=8192),
-    ),
-    "llama-3.1-8b": dict(
-        _LLAMA3,
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        tie_word_embeddings=False,
-        rope_scaling=dict(_LLAMA3_ROPE, factor=8.0, original_max_position_embeddings=8192),
-    ),
-    "llama-2-7b": dict(
-        architectures=["LlamaForCausalLM"],
-        model_type="llama",
-        vocab_size=32000,
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        hidden_act="silu",
-        max_position_embeddings=4096,
-        rms_norm_eps=1e-5,
-        rope_theta=10000.0,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-    ),
+    "smollm2-135m": _hf(49152, 576, 30, 9, 3, 1536, True, 1e5, 8192, bos_token_id=1, eos_token_id=2),
+    "llama-3.2-1b": _hf(128256, 2048, 16, 32, 8, 8192, True, 5e5, 131072, 32.0, **_L3),
+    "llama-3.2-3b": _hf(128256, 3072, 28, 24, 8, 8192, True, 5e5, 131072, 32.0, **_L3),
+    "llama-3.1-8b": _hf(128256, 4096, 32, 32, 8, 14336, False, 5e5, 131072, 8.0, **_L3),
+    "llama-2-7b": _hf(32000, 4096, 32, 32, 32, 11008, False, 1e4, 4096, bos_token_id=1, eos_token_id=2),
 }
 
 
@@ -176,24 +134,32 @@ def model_config(name_or_path: str, **runtime: Any) -> LlamaConfig:
     return LlamaConfig.from_hf_dict(hf_config_dict(name_or_path), **runtime)
 
 
+_LEAVES_CACHE: dict[str, list] = {}
+
+
 def param_leaves(cfg: LlamaConfig) -> list[tuple[str, tuple[int, ...], np.dtype, tuple | None]]:
     """(path, shape, dtype, logical axes) of every parameter, from the abstract model (no memory)."""
     from cel_jax.model import Llama
 
-    abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
-    out = []
-    for path, var in nnx.iter_graph(abstract):
-        if isinstance(var, nnx.Param):
-            axes = var.get_metadata().get("logical_axes")
-            out.append((".".join(map(str, path)), tuple(var.shape), np.dtype(var.dtype), axes))
-    return out
+    key = repr(cfg.replace(remat="none", dtype="float32"))  # neither changes the parameters
+    if key not in _LEAVES_CACHE:
+        abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+        out = []
+        for path, var in nnx.iter_graph(abstract):
+            if isinstance(var, nnx.Param):
+                axes = var.get_metadata().get("logical_axes")
+                out.append((".".join(map(str, path)), tuple(var.shape), np.dtype(var.dtype), axes))
+        _LEAVES_CACHE[key] = out
+    return _LEAVES_CACHE[key]
 
 
 # ------------------------------------------------------------------------------------------- mesh
 def abstract_mesh(mesh_shape: Sequence[int]) -> jax.sharding.AbstractMesh:
     shape = tuple(int(s) for s in mesh_shape)
     if len(shape) != len(MESH_AXES) or min(shape) < 1:
-        raise ValueError(f"mesh shape {tuple(mesh_shape)} must be {len(MESH_AXES)} positive sizes {MESH_AXES}")
+        raise ValueError(
+            f"mesh shape {tuple(mesh_shape)} must be {len(MESH_AXES)} positive sizes {MESH_AXES}"
+        )
     return jax.sharding.AbstractMesh(shape, MESH_AXES)
 
 
@@ -224,7 +190,12 @@ def _div(size: int, n: int) -> int:
 
 # ------------------------------------------------------------------------------------ activations
 def activation_bytes(
-    cfg: LlamaConfig, mesh_shape: Sequence[int], batch: int, seq_len: int, remat: str = "none", streams: int = 1
+    cfg: LlamaConfig,
+    mesh_shape: Sequence[int],
+    batch: int,
+    seq_len: int,
+    remat: str = "none",
+    streams: int = 1,
 ) -> dict[str, int]:
     """Estimated activation bytes per device for `streams` forward passes inside one `value_and_grad`.
 
@@ -249,13 +220,17 @@ def activation_bytes(
     plus, with remat, one layer's full set while it is recomputed in the backward pass. Outside the
     layers each stream keeps the embedding output (n*D*4), the final norm (n*D*(4+s)) and float32 logits
     with one logits-sized temporary for the softmax and its gradient (2*n*V*4/tp).
+    With fsdp > 1 add the gathered weights: max(3 layers' worth (current and prefetched layer weights,
+    one layer's unreduced gradient), the gathered embedding or LM head), in the parameter dtype / tp.
     """
     remat = REMAT_ALIASES.get(remat, remat)
     if remat not in ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable"):
         raise ValueError(f"unknown remat policy {remat!r}")
     data, fsdp, tensor = (int(s) for s in mesh_shape)
     if batch % (data * fsdp):
-        raise ValueError(f"batch {batch} is not divisible by data*fsdp = {data * fsdp} (mesh {tuple(mesh_shape)})")
+        raise ValueError(
+            f"batch {batch} is not divisible by data*fsdp = {data * fsdp} (mesh {tuple(mesh_shape)})"
+        )
     b, T = batch // (data * fsdp), seq_len
     n, s = b * T, np.dtype(cfg.dtype).itemsize
     D, N, K, H, F, V = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size
@@ -284,11 +259,15 @@ def activation_bytes(
     outside = n * D * 4 + n * D * (4 + s) + 2 * n * V * 4 // tV
     layers = streams * cfg.n_layers * kept
     recompute = 0 if remat == "none" else full_layer
+    p = np.dtype(cfg.param_dtype).itemsize
+    layer_w = (D * H * N * 2 // tN + D * H * K * 2 // tK + 3 * D * F // tF) * p
+    gather = max(3 * layer_w, V * D * p // tV) if fsdp > 1 else 0
     return dict(
         layers=layers,
         recompute=recompute,
         outside=streams * outside,
-        total=layers + recompute + streams * outside,
+        gather=gather,
+        total=layers + recompute + streams * outside + gather,
         local_batch=b,
     )
 
@@ -422,23 +401,25 @@ ROWS = (
 )
 
 
-def _gib(x: float) -> str:
-    return f"{x / GIB:9.2f}"
-
-
 def format_table(plans: Sequence[dict[str, Any] | None], labels: Sequence[str]) -> str:
-    """Rows = memory components (GiB per device), columns = candidate meshes."""
+    """Rows = memory components per device, columns = candidate meshes; units follow the largest total."""
+    biggest = max([p["total"] for p in plans if p] or [0])
+    unit, div = next(
+        (u, d) for u, d in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)) if biggest >= d or d == 1024
+    )
     width = max(11, *(len(x) + 1 for x in labels))
-    head = f"{'GiB per device':<22}" + "".join(f"{x:>{width}}" for x in labels)
+    head = f"{unit + ' per device':<{NAME_W}}" + "".join(f"{x:>{width}}" for x in labels)
     lines = [head, "-" * len(head)]
     for key, name in ROWS:
-        cells = [(_gib(p[key]) if p else "n/a") for p in plans]
-        lines.append(f"{name:<22}" + "".join(f"{c:>{width}}" for c in cells))
-    cells = [(_gib(p["total"] * p["n_devices"]) if p else "n/a") for p in plans]
-    lines.append(f"{'total, all devices':<22}" + "".join(f"{c:>{width}}" for c in cells))
+        cells = [(f"{p[key] / div:.2f}" if p else "n/a") for p in plans]
+        lines.append(f"{name:<{NAME_W}}" + "".join(f"{c:>{width}}" for c in cells))
+    cells = [(f"{p['total'] * p['n_devices'] / div:.2f}" if p else "n/a") for p in plans]
+    lines.append(f"{'total, all devices':<{NAME_W}}" + "".join(f"{c:>{width}}" for c in cells))
     for chip, gib in HBM_GIB.items():
         cells = [("-" if not p else "yes" if p["total"] <= USABLE_HBM * gib * GIB else "no") for p in plans]
-        lines.append(f"{'fits ' + chip + f' ({gib} GiB)':<22}" + "".join(f"{c:>{width}}" for c in cells))
+        lines.append(
+            f"{'fits ' + chip + f' ({gib} GiB)':<{NAME_W}}" + "".join(f"{c:>{width}}" for c in cells)
+        )
     return "\n".join(lines)
 
 
@@ -484,24 +465,26 @@ def plan_command(config, flags) -> int:
         meshes = [fill_mesh_shape(shape, n) for n in counts]
     else:
         meshes = [shape]
+    print(
+        f"cel-jax plan: {name} ({cfg.num_params / 1e9:.2f} B params), method {method or 'none (finetune)'}, "
+        f"micro-batch {batch} x {seq_len} tokens, grad_accum {grad_accum}\n"
+        f"params {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}, optimizer adamw"
+    )
     plans = []
     for m in meshes:
         try:
-            plans.append(estimate(cfg, m, batch, seq_len, grad_accum=grad_accum, method=method, retain_loss=retain))
+            plans.append(
+                estimate(cfg, m, batch, seq_len, grad_accum=grad_accum, method=method, retain_loss=retain)
+            )
         except ValueError as e:  # e.g. batch not divisible by data*fsdp on this mesh
             if len(meshes) == 1:
                 raise
             print(f"mesh {m}: {e}")
             plans.append(None)
     p0 = next((p for p in plans if p), None)
-    print(
-        f"cel-jax plan: {name} ({cfg.num_params / 1e9:.2f} B params), method {method or 'none (finetune)'}, "
-        f"micro-batch {batch} x {seq_len} tokens, grad_accum {grad_accum}"
-    )
     if p0:
         print(
-            f"params {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}, optimizer adamw, "
-            f"forward streams in the gradient {p0['streams']}, reference model {p0['needs_reference']}"
+            f"forward passes inside the gradient: {p0['streams']}; reference model: {p0['needs_reference']}"
         )
     labels = [f"{m}" for m in meshes]
     print(format_table(plans, labels))

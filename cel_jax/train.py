@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +28,7 @@ from cel_jax import step as step_lib
 from cel_jax.train_data import TrainData, prepare_data
 
 SOLVERS = ("primal_dual", "scalarized")
+_FAULT_AT_STEP = int(os.environ.get("CEL_JAX_FAULT_AT_STEP", "0"))  # tests: SIGKILL after this step
 
 
 # --------------------------------------------------------------------------------------- validation
@@ -111,8 +112,15 @@ def create_state(params, tx, lam0: float, eps: float, seed: int) -> step_lib.Tra
 
 
 def _replicate_scalars(tree, mesh):
+    """Leaves not yet placed on `mesh` (step, λ, ε, rng, optimizer counts) become replicated on it."""
     rep = sharding.replicated(mesh)
-    return jax.tree.map(lambda x: jax.device_put(x, rep) if getattr(x, "ndim", 1) == 0 else x, tree)
+
+    def place(x):
+        s = getattr(x, "sharding", None)
+        on_mesh = isinstance(s, NamedSharding) and s.mesh == mesh
+        return x if on_mesh else jax.device_put(x, rep)
+
+    return jax.tree.map(place, tree)
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -210,7 +218,8 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     )
     graphdef, params_state = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params_state)
-    ref_params = params if step_lib.needed_reference(spec) else None
+    # the frozen reference is its own copy: the train state (and so `params`) is donated every step
+    ref_params = jax.tree.map(jnp.copy, params) if step_lib.needed_reference(spec) else None
     consts = {}
     if spec.method == "rmu":
         hp = dict(spec.forget_hp)
@@ -268,7 +277,8 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         state, metrics = fn(state, to_global(batch, mesh), hp, ref_params, consts)
         if pending is not None:  # log the previous step now: no host sync right after dispatch
             _emit(log, bar, pending, eps)
-        pending = (step_i, cursor.epoch, float(lr_at(step_i)), metrics, bool(active))
+        bucket = int(batch["forget"]["input_ids"].shape[-1])
+        pending = (step_i, cursor.epoch, float(lr_at(step_i)), metrics, bool(active), bucket)
         cursor = cursor_after
         if (
             spec.dual_mode == "epoch"
@@ -279,6 +289,8 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
             new = dual_lib.dual_update(state.dual, mean_lr, eps, cfg.dual.lr, True, lam_max)
             state = state.replace(dual=jax.device_put(new, rep))
         checkpoint.save(mgr, int(state.step), state, {**meta_base, "cursor": list(cursor)})
+        if _FAULT_AT_STEP and int(state.step) == _FAULT_AT_STEP:  # test hook: die like a preempted job
+            os.kill(os.getpid(), signal.SIGKILL)
     if pending is not None:
         _emit(log, bar, pending, eps)
     bar.close()
@@ -314,9 +326,9 @@ def _maybe_initialize_distributed(cfg) -> None:
 
 
 def _emit(log: MetricsLog, bar, pending, eps: float) -> None:
-    step_i, epoch, lr, m, active = pending
+    step_i, epoch, lr, m, active, bucket = pending
     m = jax.device_get(m)
-    row = {"step": step_i + 1, "epoch": epoch, "lr": lr, "eps": eps, "dual_active": active}
+    row = {"step": step_i + 1, "epoch": epoch, "lr": lr, "eps": eps, "dual_active": active, "seq_len": bucket}
     row.update({k: _to_py(v) for k, v in m.items()})
     log.write(row)
     bar.update(1)
@@ -353,7 +365,8 @@ def _initial_eps(cfg, mode, spec, params, graphdef, td: TrainData, mesh) -> floa
     )
     eps = dual_lib.eps_from_reference(ref_loss, cfg.dual.eps_alpha)
     print(
-        f"ε = (1 + {cfg.dual.eps_alpha}) · L_r(π_ref) = (1 + {cfg.dual.eps_alpha}) · {ref_loss:.4f} = {eps:.4f}"
+        f"eps = (1 + {cfg.dual.eps_alpha}) * L_r(pi_ref) = (1 + {cfg.dual.eps_alpha}) * {ref_loss:.4f}"
+        f" = {eps:.4f}"
     )
     return eps
 
@@ -400,6 +413,3 @@ def _after(cfg, workdir, out) -> None:
         from cel_jax.evaluation import driver
 
         driver.evaluate_after_training(out["model"], out["tokenizer"], cfg.eval, Path(workdir) / "eval")
-
-
-Any  # re-exported for type hints in configs
