@@ -2,8 +2,9 @@
 
 Where the arguments come from, first match wins (`resolve`):
   1. CEL_JAX_DISTRIBUTED=off (or 0/false/no): never initialise.
-  2. Explicit arguments: a kwargs mapping, or a config with a `distributed` section holding
-     coordinator_address / num_processes / process_id (/ local_device_ids).
+  2. Explicit arguments: a kwargs mapping, a config's `distributed` section, or a config holding one,
+     with coordinator_address / num_processes / process_id (/ local_device_ids); "", 0 and -1 mean unset
+     (the defaults of cel_jax.config_base).
   3. Environment: CEL_JAX_COORDINATOR (host:port), CEL_JAX_NUM_PROCESSES, CEL_JAX_PROCESS_ID
      (and CEL_JAX_LOCAL_DEVICE_IDS="0,1"), as tpu_scripts/slurm/launch.sh sets them.
   4. SLURM with SLURM_NTASKS > 1: coordinator = first node of SLURM_STEP_NODELIST (or SLURM_JOB_NODELIST),
@@ -68,8 +69,8 @@ def _explicit(cfg_or_kwargs: Any) -> dict[str, Any]:
     d = cfg_or_kwargs.to_dict() if is_config else dict(cfg_or_kwargs)
     if "distributed" in d:
         d = dict(d["distributed"] or {})
-    elif is_config:
-        return {}  # a config without a distributed section
+    elif is_config and not set(d) & set(KEYS):
+        return {}  # a whole config without a distributed section
     unknown = sorted(set(d) - set(KEYS))
     if unknown:
         raise ValueError(f"unknown jax.distributed argument(s) {unknown}; valid: {list(KEYS)}")

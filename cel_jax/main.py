@@ -44,7 +44,10 @@ def main(argv):
     if needs_config and _CONFIG.value is None:
         raise app.UsageError(f"`cel-jax {name}` needs --config=configs/....py")
     import jax
+    from absl import logging
 
+    if FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     jax.config.config_with_absl()
     func = getattr(importlib.import_module(module), fn)
     return func(_CONFIG.value, FLAGS)

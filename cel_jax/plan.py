@@ -6,9 +6,10 @@ T sequence length, D model, N q-heads, K kv-heads, H head_dim, F mlp, V vocab, L
 Exact parts: parameters, optimizer state, gradients and the frozen reference model are computed leaf by leaf
 from the model's own parameter list (`nnx.eval_shape`, no weights) and the sharding rules of
 `cel_jax.sharding` (`logical_to_spec`: an axis stays replicated when the mesh axis does not divide it), so
-they equal what the sharded arrays occupy (tests/test_plan.py checks this on 8 fake devices). Optimizer state
-assumes it is sharded like the parameters (built with `optax.tree_map_params`; a plain `jax.jit(tx.init)`
-replicates it).
+they equal what the sharded arrays occupy (tests/test_plan.py checks this on 8 fake devices). The optimizer
+state is assumed sharded like the parameters, its scalars replicated: what an eager `tx.init(params)` on
+sharded params gives (cel_jax.train), or `jax.jit(tx.init, out_shardings=...)` with shardings from
+`optax.tree_map_params`; a bare `jax.jit(tx.init)` would replicate everything.
 
 Estimated part: activations (see `activation_bytes`), and XLA's temporary buffers are not modelled
 beyond one recomputed layer. Treat activations as an order of magnitude and keep ~10-15% HBM headroom.
@@ -25,6 +26,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 
 from cel_jax.model.config import LlamaConfig
@@ -137,7 +139,7 @@ def model_config(name_or_path: str, **runtime: Any) -> LlamaConfig:
 _LEAVES_CACHE: dict[str, list] = {}
 
 
-def param_leaves(cfg: LlamaConfig) -> list[tuple[str, tuple[int, ...], np.dtype, tuple | None]]:
+def param_leaves(cfg: LlamaConfig) -> list[tuple[tuple, tuple[int, ...], np.dtype, tuple | None]]:
     """(path, shape, dtype, logical axes) of every parameter, from the abstract model (no memory)."""
     from cel_jax.model import Llama
 
@@ -148,7 +150,7 @@ def param_leaves(cfg: LlamaConfig) -> list[tuple[str, tuple[int, ...], np.dtype,
         for path, var in nnx.iter_graph(abstract):
             if isinstance(var, nnx.Param):
                 axes = var.get_metadata().get("logical_axes")
-                out.append((".".join(map(str, path)), tuple(var.shape), np.dtype(var.dtype), axes))
+                out.append((tuple(path), tuple(var.shape), np.dtype(var.dtype), axes))
         _LEAVES_CACHE[key] = out
     return _LEAVES_CACHE[key]
 
@@ -173,13 +175,53 @@ def shard_shape(shape: Sequence[int], spec, mesh) -> tuple[int, ...]:
     return tuple(out)
 
 
-def param_bytes_per_device(cfg: LlamaConfig, mesh_shape: Sequence[int], dtype=None, rules=RULES) -> int:
-    """Exact bytes one device holds for a parameter-shaped tree (params, grads, Adam mu or nu)."""
+def _sharded_params(cfg: LlamaConfig, mesh_shape: Sequence[int], rules=RULES):
+    """(nested dict of ShapeDtypeStructs like `nnx.to_pure_dict`, {keystr: (shape, elems/device, dtype)})."""
     mesh = abstract_mesh(mesh_shape)
-    total = 0
-    for _, shape, pdt, axes in param_leaves(cfg):
+    tree: dict = {}
+    blocks = {}
+    for path, shape, dtype, axes in param_leaves(cfg):
+        node = tree
+        for k in path[:-1]:
+            node = node.setdefault(k, {})
+        node[path[-1]] = jax.ShapeDtypeStruct(shape, dtype)
         block = shard_shape(shape, logical_to_spec(axes, shape, mesh, rules), mesh)
-        total += math.prod(block) * np.dtype(dtype or pdt).itemsize
+        blocks["".join(f"[{k!r}]" for k in path)] = (shape, math.prod(block), dtype)
+    return tree, blocks
+
+
+def param_bytes_per_device(cfg: LlamaConfig, mesh_shape: Sequence[int], dtype=None, rules=RULES) -> int:
+    """Exact bytes one device holds for a parameter-shaped tree (params, grads, a frozen copy)."""
+    _, blocks = _sharded_params(cfg, mesh_shape, rules)
+    return sum(n * np.dtype(dtype or dt).itemsize for _, n, dt in blocks.values())
+
+
+def make_optimizer(optimizer) -> optax.GradientTransformation | None:
+    """An optax transformation from a name ("adamw", "adam", "sgd", "none") or a transformation itself."""
+    if optimizer is None or optimizer == "none":
+        return None
+    if isinstance(optimizer, optax.GradientTransformation):
+        return optimizer
+    if optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {OPTIMIZERS} or an optax transformation")
+    return {"adamw": optax.adamw, "adam": optax.adam, "sgd": optax.sgd}[optimizer](1e-3)
+
+
+def optimizer_bytes_per_device(
+    cfg: LlamaConfig, mesh_shape: Sequence[int], optimizer="adamw", rules=RULES
+) -> int:
+    """Exact bytes per device of `tx.init(params)`: parameter-shaped leaves (found by their path, e.g.
+    `[1][0].mu['embed']`) sharded like their parameter, everything else (counts) replicated."""
+    tx = make_optimizer(optimizer)
+    if tx is None:
+        return 0
+    tree, blocks = _sharded_params(cfg, mesh_shape, rules)
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(jax.eval_shape(tx.init, tree)):
+        ks = jax.tree_util.keystr(path)
+        hit = next((blocks[ks[i:]] for i, ch in enumerate(ks) if ch == "[" and ks[i:] in blocks), None)
+        elems = hit[1] if hit is not None and hit[0] == tuple(leaf.shape) else math.prod(leaf.shape)
+        total += elems * np.dtype(leaf.dtype).itemsize
     return total
 
 
@@ -299,7 +341,7 @@ def estimate(
     seq_len: int,
     param_dtype: str | None = None,
     dtype: str | None = None,
-    optimizer: str = "adamw",
+    optimizer: str | optax.GradientTransformation = "adamw",
     remat: str | None = None,
     grad_accum: int = 1,
     method: str | None = None,
@@ -309,13 +351,13 @@ def estimate(
     """Bytes per device of one training step on a concrete mesh (data, fsdp, tensor).
 
     `batch` is the global micro-batch (sequences per forward pass, summed over devices). Rows: params,
-    optimizer (AdamW mu + nu in the parameter dtype + an int32 count), gradients (parameter dtype),
+    optimizer (`optimizer_bytes_per_device`: for AdamW mu + nu in the parameter dtype + int32 counts; pass
+    the training's own optax transformation to match it exactly), gradients (parameter dtype),
     grad_accum_buffer (one parameter-shaped buffer when grad_accum > 1), reference (frozen reference
     model, sharded like the parameters, when `method` needs one), reference_outputs (reference logits or
     hidden states kept for the loss), activations (`activation_bytes`), total.
     """
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; valid: {OPTIMIZERS}")
+    tx = make_optimizer(optimizer)
     if int(grad_accum) < 1:
         raise ValueError(f"grad_accum must be >= 1, got {grad_accum}")
     if int(batch) < 1 or int(seq_len) < 1:
@@ -329,8 +371,8 @@ def estimate(
     mesh_shape = tuple(int(s) for s in mesh_shape)
     need = method_needs(method, retain_loss)
     p = param_bytes_per_device(cfg, mesh_shape)
-    opt = {"adamw": 2 * p + 4, "adam": 2 * p + 4, "sgd": 0, "none": 0}[optimizer]
-    train = optimizer != "none"
+    opt = optimizer_bytes_per_device(cfg, mesh_shape, tx) if tx is not None else 0
+    train = tx is not None
     act = activation_bytes(cfg, mesh_shape, batch, seq_len, cfg.remat, need["streams"])
     data, fsdp, tensor = mesh_shape
     n_tok = act["local_batch"] * seq_len
@@ -436,12 +478,31 @@ def _get(cfg, dotted: str, default=None):
 
 
 def _method_of(config) -> tuple[str | None, str | None]:
+    """(method name, retain loss) as the engine resolves them; (None, ...) for fine-tuning configs."""
     m = _get(config, "method")
     if m is None or isinstance(m, str):
-        return m or None, "default"
-    name = _get(m, "name")
-    retain = _get(m, "retain_loss", "default")
+        name, retain = m or None, "default"
+    else:
+        name, retain = _get(m, "name"), _get(m, "retain_loss", "default")
+    retain = _get(config, "method_args.retain_loss", retain)
+    if name is not None and _get(config, "solver") == "primal_dual":
+        from cel_jax import methods
+
+        if (methods.get_method(name).retain_loss if retain == "default" else retain) is None:
+            retain = "nll"  # the engine bounds the retain NLL of a forget-only loss
     return name, retain
+
+
+def _optimizer_of(config):
+    """The engine's optimizer for config.optim (exact state layout), else plain AdamW."""
+    opt_cfg = _get(config, "optim")
+    if opt_cfg is None:
+        return "adamw", "adamw"
+    try:
+        from cel_jax import optim
+    except ImportError:  # pragma: no cover - planner used without the training engine
+        return "adamw", "adamw"
+    return optim.make_optimizer(opt_cfg, total_steps=1000, warmup_steps=10), "config.optim (cel_jax.optim)"
 
 
 def plan_command(config, flags) -> int:
@@ -456,9 +517,10 @@ def plan_command(config, flags) -> int:
     )
     cfg = model_config(name, **runtime)
     batch = int(_get(config, "batch_size", 1))
-    seq_len = int(_get(config, "max_length", 512))
+    seq_len = int(_get(config, "max_length") or _get(config, "data.max_length", 512))
     grad_accum = int(_get(config, "grad_accum", 1))
     method, retain = _method_of(config)
+    tx, tx_name = _optimizer_of(config)
     shape = tuple(int(s) for s in _get(config, "mesh.shape", (1, -1, 1)))
     if -1 in shape:
         counts = [n for n in SWEEP_DEVICES if n % math.prod(s for s in shape if s != -1) == 0]
@@ -468,13 +530,22 @@ def plan_command(config, flags) -> int:
     print(
         f"cel-jax plan: {name} ({cfg.num_params / 1e9:.2f} B params), method {method or 'none (finetune)'}, "
         f"micro-batch {batch} x {seq_len} tokens, grad_accum {grad_accum}\n"
-        f"params {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}, optimizer adamw"
+        f"params {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}, optimizer {tx_name}"
     )
     plans = []
     for m in meshes:
         try:
             plans.append(
-                estimate(cfg, m, batch, seq_len, grad_accum=grad_accum, method=method, retain_loss=retain)
+                estimate(
+                    cfg,
+                    m,
+                    batch,
+                    seq_len,
+                    optimizer=tx,
+                    grad_accum=grad_accum,
+                    method=method,
+                    retain_loss=retain,
+                )
             )
         except ValueError as e:  # e.g. batch not divisible by data*fsdp on this mesh
             if len(meshes) == 1:
@@ -486,8 +557,10 @@ def plan_command(config, flags) -> int:
         print(
             f"forward passes inside the gradient: {p0['streams']}; reference model: {p0['needs_reference']}"
         )
-    labels = [f"{m}" for m in meshes]
-    print(format_table(plans, labels))
+    keep = [i for i, p in enumerate(plans) if p is not None]
+    if not keep:
+        raise ValueError(f"no device count in {SWEEP_DEVICES} can split batch_size={batch} over mesh {shape}")
+    print(format_table([plans[i] for i in keep], [f"{meshes[i]}" for i in keep]))
     print(
         "Exact: params, optimizer, gradients, reference (sharding rules of cel_jax.sharding). Estimated: "
         "activations (cel_jax.plan.activation_bytes). 'fits' keeps 10% of HBM free."

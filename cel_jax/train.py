@@ -216,6 +216,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         mesh=mesh,
         with_tokenizer=False,
     )
+    before = _examples(model, tok, td) if cfg.get("show_examples", False) else None
     graphdef, params_state = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params_state)
     # the frozen reference is its own copy: the train state (and so `params`) is donated every step
@@ -314,7 +315,17 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
 
         plots.training_curves(wd / "metrics.jsonl", wd / "training_curves.png")
         (wd / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {"summary": summary, "model": final, "tokenizer": tok, "data": td}
+    return {"summary": summary, "model": final, "tokenizer": tok, "data": td, "examples_before": before}
+
+
+def _examples(model, tok, td: TrainData) -> list[str] | None:
+    """Greedy answers to the first forget and the first retain question (process 0 only)."""
+    if jax.process_index() != 0 or not td.retain_rows:
+        return None
+    from cel_jax import generate
+
+    qs = [td.forget_rows[0]["question"], td.retain_rows[0]["question"]]
+    return generate.generate_text(model, tok, qs, max_new_tokens=48, system_prompt=td.system_prompt)
 
 
 def _maybe_initialize_distributed(cfg) -> None:
@@ -397,18 +408,13 @@ def _after(cfg, workdir, out) -> None:
         f"done: {s['steps']} steps in {s['wall_s']:.0f}s, λ = {s['dual']:.4g}, ε = {s['eps']:.4g}; "
         f"model exported to {Path(workdir) / 'model'}"
     )
-    if cfg.get("show_examples", False):
-        from cel_jax import generate
-
+    if out.get("examples_before") is not None:
         td = out["data"]
-        qs = [td.forget_rows[0]["question"], td.retain_rows[0]["question"]]
-        answers = generate.generate_text(
-            out["model"], out["tokenizer"], qs, max_new_tokens=48, system_prompt=td.system_prompt
-        )
-        for label, q, a, row in zip(
-            ("forget", "retain"), qs, answers, (td.forget_rows[0], td.retain_rows[0]), strict=True
-        ):
-            print(f"[{label}] Q: {q}\n  truth: {row['answer']}\n  after: {a}")
+        after = _examples(out["model"], out["tokenizer"], td)
+        pairs = zip(("forget", "retain"), (td.forget_rows[0], td.retain_rows[0]), strict=True)
+        for (label, row), b4, af in zip(pairs, out["examples_before"], after, strict=True):
+            print(f"[{label}] Q: {row['question']}\n  truth:  {row['answer']}")
+            print(f"  before: {b4}\n  after:  {af}")
     if cfg.get("eval") is not None and cfg.eval.get("enabled", False):
         from cel_jax.evaluation import driver
 

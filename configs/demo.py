@@ -16,11 +16,11 @@ def get_config():
     c.data.max_length = 128
     c.batch_size = 4
     c.grad_accum = 1
-    c.epochs = 4
-    c.optim.lr = 2e-5
+    c.epochs = 5
+    c.optim.lr = 1.5e-5
     c.optim.warmup_epochs = 0.5
-    c.dual.lam0 = 10.0
-    c.dual.lr = 5.0
+    c.dual.lam0 = 20.0
+    c.dual.lr = 20.0
     c.dual.eps = None
     c.dual.eps_alpha = 0.25  # ε = 1.25 × the model's own retain loss before unlearning
     c.dual.warmup_epochs = 1

@@ -72,6 +72,22 @@ def test_param_and_optimizer_bytes_equal_the_sharded_arrays(name, shape):
     assert est["gradients"] == est["params"]
 
 
+def test_engine_optimizer_state_bytes():
+    """The engine's optax chain (clip, masked AdamW, schedule), initialised eagerly as cel_jax.train does."""
+    from cel_jax import optim
+
+    tx = optim.make_optimizer(ml_collections.ConfigDict(dict(lr=1e-5, weight_decay=0.01, clip=1.0)), 100, 10)
+    for shape in [(1, 4, 2), (2, 2, 2)]:
+        mesh = make_mesh(shape)
+        model = shard_model(_zeros_model(CONFIGS["odd"]), mesh)
+        params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        state = tx.init(params)  # eager: zeros_like keeps each parameter's sharding
+        rep = NamedSharding(mesh, P())
+        state = jax.tree.map(lambda x, rep=rep: x if x.ndim else jax.device_put(x, rep), state)
+        assert plan.optimizer_bytes_per_device(CONFIGS["odd"], shape, tx) == _per_device(state)
+        assert plan.optimizer_bytes_per_device(CONFIGS["odd"], shape, tx) == 2 * _per_device(params) + 8
+
+
 def test_replicated_axes_are_counted_in_full():
     # "odd" on (1, 8, 1): D=36 is not divisible by 8, so nothing is sharded at all.
     cfg = CONFIGS["odd"]
@@ -208,6 +224,26 @@ def test_plan_command_sweeps_device_counts(capsys):
     for label in ("(1, 16, 1)", "(1, 32, 1)", "params", "optimizer state", "activations (est.)", "fits v5e"):
         assert label in out
     assert "(1, 64, 1): batch 32 is not divisible" in out  # 64 chips cannot split 32 sequences
+
+
+def test_plan_command_with_an_engine_config(capsys):
+    from cel_jax.config_base import unlearn_config
+
+    c = unlearn_config()
+    c.model.name_or_path = "meta-llama/Llama-3.2-1B-Instruct"
+    c.mesh.shape = (1, 8, 1)
+    c.batch_size = 16
+    c.method = "grad_ascent"  # forget-only: the primal-dual solver adds the retain NLL (2 forward passes)
+    assert plan.plan_command(c, None) == 0
+    out = capsys.readouterr().out
+    assert "micro-batch 16 x 512 tokens, grad_accum 4" in out and "config.optim" in out
+    assert "forward passes inside the gradient: 2" in out
+    lines = {ln[: plan.NAME_W].strip(): ln[plan.NAME_W :].split() for ln in out.splitlines()}
+    cfg = plan.model_config("llama-3.2-1b", dtype="float32", remat="none")
+    est = plan.estimate(cfg, (1, 8, 1), 16, 512, method="grad_ascent", retain_loss="nll", grad_accum=4)
+    assert float(lines["optimizer state"][0]) == pytest.approx(est["optimizer"] / plan.GIB, abs=0.006)
+    assert float(lines["grad accumulator"][0]) == pytest.approx(est["params"] / plan.GIB, abs=0.006)
+    assert float(lines["total / device"][0]) == pytest.approx(est["total"] / plan.GIB, abs=0.006)
 
 
 def test_plan_command_on_a_local_model(tmp_path, capsys):

@@ -116,8 +116,18 @@ def test_setup_installs_one_pinned_version_everywhere(env):
     assert "--python 3.11" in install[0]
     scp = [c for c in cmds if c[4] == "scp"]
     assert len(scp) == 1 and scp[0][-5:-3] == [str(ROOT / "configs"), "cel-test:cel_jax/"]
+    # data folders and a model prefetch on every worker, with the token passed through
+    env.update(COPY_DIRS=str(ROOT / "tests"), PREFETCH_MODEL="org/model-8b", HF_TOKEN="tok en")
+    cmds = commands(sh(SCRIPTS / "setup.sh", "--dry-run", env=env).stdout)
+    assert [c[6] for c in cmds if c[4] == "scp"] == [str(ROOT / "configs"), str(ROOT / "tests")]
+    (fetch,) = [ssh_target(c)[1] for c in cmds if "snapshot_download" in " ".join(c)]
+    assert (
+        fetch.startswith("export HF_HUB_ENABLE_HF_TRANSFER=0 'HF_TOKEN=tok en' && ")
+        and "'org/model-8b'" in fetch
+    )
     # without REPO_URL/CEL_JAX_VERSION: this working tree, tarred and copied to every worker
-    del env["REPO_URL"]
+    for k in ("REPO_URL", "COPY_DIRS", "PREFETCH_MODEL"):
+        del env[k]
     cmds = commands(sh(SCRIPTS / "setup.sh", "--dry-run", env=env).stdout)
     assert cmds[0][0] == "tar" and cmds[1][4] == "scp" and flag(cmds[1], "worker") == "all"
     assert any('"cel_jax[tpu] @ file://$HOME/cel_jax"' in ssh_target(c)[1] for c in cmds[2:])
@@ -338,12 +348,13 @@ def test_resolve_explicit_arguments_win():
 
     cfg = ml_collections.ConfigDict(dict(model=dict(x=1), distributed=dict(kw, local_device_ids="0,1")))
     assert distributed.resolve(cfg, env={}) == dict(kw, local_device_ids=[0, 1])
-    unset = ml_collections.ConfigDict(
-        dict(distributed=dict(coordinator_address="", num_processes=0, process_id=-1))
-    )
-    assert (
-        distributed.resolve(unset, env=env)["coordinator_address"] == "env:1"
-    )  # empty section: fall through
+    assert distributed.resolve(cfg.distributed, env={}) == dict(kw, local_device_ids=[0, 1])  # as train.py
+    from cel_jax.config_base import unlearn_config
+
+    engine = unlearn_config()  # defaults "", 0, -1 mean unset: fall through to the environment
+    assert distributed.resolve(engine, env=env)["coordinator_address"] == "env:1"
+    assert distributed.resolve(engine.distributed, env=env)["coordinator_address"] == "env:1"
+    assert distributed.resolve(engine.distributed, env={}) is None
     assert distributed.resolve(ml_collections.ConfigDict(dict(model=1)), env={}) is None
 
 

@@ -80,6 +80,21 @@ run_retry() {
   die "giving up after $RETRIES attempts: $1 ..."
 }
 
+# pass_env_exports [NAME=VALUE...]: "export ..." for the given assignments plus the variables named in
+# PASS_ENV that are set here, quoted for the worker's shell.
+pass_env_exports() {
+  local exports=("$@") name
+  for name in $PASS_ENV; do
+    [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "PASS_ENV entry '$name' is not a variable name"
+    if [[ -n ${!name+x} ]]; then exports+=("$name=${!name}"); fi
+  done
+  if ((${#exports[@]} == 0)); then
+    printf ':'
+  else
+    printf 'export %s' "$(join_quoted "${exports[@]}")"
+  fi
+}
+
 # The gcloud flags every TPU command needs.
 gcloud_loc() {
   printf '%s\n' "--project=$PROJECT" "--zone=$ZONE"

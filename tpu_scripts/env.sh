@@ -20,8 +20,11 @@ CEL_JAX_REF=${CEL_JAX_REF:-main}                         # a tag or commit sha (
 CEL_JAX_VERSION=${CEL_JAX_VERSION:-}                     # without REPO_URL: a released version cel_jax[tpu]==X
 #                                                          neither: copy this working tree to the workers (scp)
 PYTHON_VERSION=${PYTHON_VERSION:-3.11}                   # TPU VM images ship 3.10; uv installs this one
+EXTRA_PACKAGES=${EXTRA_PACKAGES:-gcsfs}                  # installed with cel_jax: gcsfs lets Orbax/epath use gs://
 PIP_EXTRA_ARGS=${PIP_EXTRA_ARGS:-}                       # e.g. "-f https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 CONFIG_DIR=${CONFIG_DIR:-$REPO_ROOT/configs}             # copied to ~/cel_jax/configs on every worker
+COPY_DIRS=${COPY_DIRS:-}                                 # more local folders for ~/cel_jax/ (e.g. the TOFU JSONL)
+PREFETCH_MODEL=${PREFETCH_MODEL:-}                       # hub model each worker downloads during setup
 REMOTE_DIR=${REMOTE_DIR:-cel_jax}                        # on the workers, relative to $HOME: code and configs
 VENV=${VENV:-cel_jax_venv}                               # on the workers, relative to $HOME
 LOG_DIR=${LOG_DIR:-cel_jax_logs}                         # on the workers, relative to $HOME

@@ -41,14 +41,10 @@ fi
 
 exports=("PYTHONUNBUFFERED=1")
 if ((NUM_HOSTS > 1)); then exports+=("CEL_JAX_DISTRIBUTED=auto"); fi
-for name in $PASS_ENV; do
-  [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "PASS_ENV entry '$name' is not a variable name"
-  if [[ -n ${!name+x} ]]; then exports+=("$name=${!name}"); fi
-done
 
 # shellcheck disable=SC2088  # ~ expands on the worker
 log="~/$LOG_DIR/$RUN_NAME.log"
-remote="mkdir -p ~/$LOG_DIR && cd ~/$REMOTE_DIR && export $(join_quoted "${exports[@]}")"
+remote="mkdir -p ~/$LOG_DIR && cd ~/$REMOTE_DIR && $(pass_env_exports "${exports[@]}")"
 remote+=" && (setsid nohup ~/$VENV/bin/cel-jax $(join_quoted "$cmd" "${flags[@]}") > $log 2>&1 < /dev/null &"
 # shellcheck disable=SC2016
 remote+=' echo $! > ~/'"$LOG_DIR/run.pid)"
