@@ -232,7 +232,12 @@ def model_to_hf_tensors(model: Llama) -> dict[str, np.ndarray]:
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         name = ".".join(str(p) for p in path)
         hf_key, _, to_hf = table[name]
-        arr = np.asarray(jax.device_get(var[...]))
+        x = var[...]
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:  # multi-host: every process joins
+            from jax.experimental import multihost_utils
+
+            x = multihost_utils.process_allgather(x, tiled=True)
+        arr = np.asarray(jax.device_get(x))
         out[hf_key] = np.ascontiguousarray(to_hf(arr, cfg))
     return out
 

@@ -216,7 +216,8 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         mesh=mesh,
         with_tokenizer=False,
     )
-    before = _examples(model, tok, td) if cfg.get("show_examples", False) else None
+    show = cfg.get("show_examples", False) and jax.process_count() == 1
+    before = _examples(model, tok, td) if show else None
     graphdef, params_state = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params_state)
     # the frozen reference is its own copy: the train state (and so `params`) is donated every step
@@ -308,9 +309,9 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         "wall_s": wall,
         "resumed_from": start_step,
     }
+    if cfg.get("export", True):
+        hf_io.save_pretrained(final, tok, wd / "model")  # all processes gather; process 0 writes
     if jax.process_index() == 0:
-        if cfg.get("export", True):
-            hf_io.save_pretrained(final, tok, wd / "model")
         from cel_jax import plots
 
         plots.training_curves(wd / "metrics.jsonl", wd / "training_curves.png")
@@ -333,6 +334,9 @@ def _maybe_initialize_distributed(cfg) -> None:
         from cel_jax import distributed
     except ImportError:  # pragma: no cover - single-host installs without the module
         return
+    if distributed.resolve(cfg.get("distributed")) is not None:
+        # CPU-only clusters and localhost tests need a CPU collectives backend (GPU/TPU ignore this).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     distributed.maybe_initialize(cfg.get("distributed"))
 
 

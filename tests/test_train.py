@@ -229,3 +229,34 @@ def test_finetune_reduces_loss(model_dir, tmp_path):
     log = rows(tmp_path)
     assert log[-1]["forget_loss"] < log[0]["forget_loss"]
     assert checkpoint  # module imported for the Orbax helpers above
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_on_localhost_equal_one_process(model_dir, tmp_path):
+    """jax.distributed with CPU collectives: 2 processes x 1 device == 1 process x 2 devices."""
+    port = _free_port()
+    args = [sys.executable, "-m", "cel_jax.main", "unlearn", f"--config={ROOT / 'configs' / 'tiny.py'}",
+            f"--config.model.name_or_path={model_dir}", "--config.max_steps=3", "--config.mesh.shape=(1,2,1)",
+            f"--workdir={tmp_path / 'multi'}"]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CEL_JAX_")}
+    procs = []
+    for i in range(2):
+        env = {**base, "JAX_PLATFORMS": "cpu", "CEL_JAX_COORDINATOR": f"127.0.0.1:{port}",
+               "CEL_JAX_NUM_PROCESSES": "2", "CEL_JAX_PROCESS_ID": str(i)}
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    train.run(tiny_cfg(model_dir, max_steps=3, **{"mesh.shape": (1, 2, 1)}), str(tmp_path / "single"))
+    a, b = rows(tmp_path / "multi"), rows(tmp_path / "single")
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("forget_loss", "retain_loss", "dual_next"):
+            assert ra[k] == pytest.approx(rb[k], abs=1e-5), k
