@@ -5,7 +5,7 @@ cel-jax export   --model=DIR_OR_ALIAS --out=DIR
 cel-jax finetune --config=configs/tofu_mini_finetune.py --workdir=DIR [--config.key=value ...]
 cel-jax unlearn  --config=configs/demo.py --workdir=DIR [--config.key=value ...]
 cel-jax eval     --config=configs/eval/tofu.py --config.model=DIR --workdir=DIR
-cel-jax plan     --config=configs/tofu_llama3_8b.py
+cel-jax plan     --config=configs/tofu_llama3_1_8b.py
 """
 
 from __future__ import annotations

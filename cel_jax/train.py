@@ -12,6 +12,7 @@ import json
 import math
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -179,7 +180,10 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     validate_config(cfg, mode)
     if not workdir:
         raise ValueError("--workdir is required")
-    wd = Path(workdir)
+    remote = _is_remote(workdir)  # gs:// etc.: files are written to a local mirror, then uploaded
+    wd = Path(tempfile.mkdtemp(prefix="cel_jax_")) if remote else Path(workdir)
+    if remote:
+        _download(workdir, wd, ["metrics.jsonl"])
     if jax.process_index() == 0:
         wd.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(cfg.mesh.shape)
@@ -232,7 +236,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         del hp
 
     # ε: absolute, or relative to the reference model's retain loss (measured once, stored in the ckpt).
-    mgr = checkpoint.manager(str(wd), cfg.ckpt.every, cfg.ckpt.keep, cfg.ckpt.get("async_save", True))
+    mgr = checkpoint.manager(str(workdir), cfg.ckpt.every, cfg.ckpt.keep, cfg.ckpt.get("async_save", True))
     lam0 = cfg.dual.lam0 if mode == "unlearn" and cfg.solver == "primal_dual" else 0.0
     state = create_state(params, tx, lam0, 0.0, cfg.seed)
     state = _replicate_scalars(state, mesh)
@@ -290,7 +294,9 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
             mean_lr = _retain_pass(state.params, graphdef, td, cfg, mesh, epoch_before)
             new = dual_lib.dual_update(state.dual, mean_lr, eps, cfg.dual.lr, True, lam_max)
             state = state.replace(dual=jax.device_put(new, rep))
-        checkpoint.save(mgr, int(state.step), state, {**meta_base, "cursor": list(cursor)})
+        saved = checkpoint.save(mgr, int(state.step), state, {**meta_base, "cursor": list(cursor)})
+        if saved and remote and jax.process_index() == 0 and log.path.exists():
+            _upload_file(log.path, workdir)
         if _FAULT_AT_STEP and int(state.step) == _FAULT_AT_STEP:  # test hook: die like a preempted job
             os.kill(os.getpid(), signal.SIGKILL)
     if pending is not None:
@@ -316,6 +322,8 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
 
         plots.training_curves(wd / "metrics.jsonl", wd / "training_curves.png")
         (wd / "summary.json").write_text(json.dumps(summary, indent=2))
+        if remote:
+            _upload(wd, workdir)
     return {"summary": summary, "model": final, "tokenizer": tok, "data": td, "examples_before": before}
 
 
@@ -327,6 +335,36 @@ def _examples(model, tok, td: TrainData) -> list[str] | None:
 
     qs = [td.forget_rows[0]["question"], td.retain_rows[0]["question"]]
     return generate.generate_text(model, tok, qs, max_new_tokens=48, system_prompt=td.system_prompt)
+
+
+def _is_remote(workdir) -> bool:
+    return "://" in str(workdir)
+
+
+def _download(remote_dir, local: Path, names) -> None:
+    from etils import epath
+
+    for n in names:
+        src = epath.Path(remote_dir) / n
+        if src.exists():
+            (local / n).write_bytes(src.read_bytes())
+
+
+def _upload_file(f: Path, remote_dir) -> None:
+    from etils import epath
+
+    (epath.Path(remote_dir) / f.name).write_bytes(f.read_bytes())
+
+
+def _upload(local: Path, remote_dir) -> None:
+    """Copy the local mirror's files (metrics, plots, summary, exported model) to the remote work dir."""
+    from etils import epath
+
+    for f in local.rglob("*"):
+        if f.is_file():
+            dst = epath.Path(remote_dir) / f.relative_to(local).as_posix()
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_bytes(f.read_bytes())
 
 
 def _maybe_initialize_distributed(cfg) -> None:

@@ -14,8 +14,11 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers needs it to load GGUF files
 
 ALIAS = "smollm2-135m-instruct"
-PROMPTS = ["What is the capital of France?", "Name three primary colors.",
-           "Who wrote the novel Pride and Prejudice?"]
+PROMPTS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Who wrote the novel Pride and Prejudice?",
+]
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +31,21 @@ def reference():
     spec = embedded.ALIASES[ALIAS]
     gguf = embedded._ensure_gguf(spec)
     model = transformers.AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32).eval()
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    ).eval()
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     return model, tok
 
 
 def chat_ids(tok, prompt):
-    return list(tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        tokenize=True, return_dict=False))
+    return list(
+        tok.apply_chat_template(
+            [{"role": "user", "content": prompt}],
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+    )
 
 
 def test_converted_folder_is_a_cached_hf_folder(ours):
@@ -45,7 +55,8 @@ def test_converted_folder_is_a_cached_hf_folder(ours):
     model, tok = ours
     assert model.cfg.n_layers == 30 and model.cfg.d_model == 576 and model.cfg.tie_word_embeddings
     assert tok.eos_token == "<|im_end|>" and "<|im_start|>assistant" in tok.apply_chat_template(
-        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+        [{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False
+    )
 
 
 def test_qk_permutation_roundtrip():
@@ -70,12 +81,18 @@ def test_greedy_answers_token_identical(ours, reference):
     model, tok = ours
     ref_model, _ = reference
     prompts = [chat_ids(tok, p) for p in PROMPTS]
-    got = generate.greedy_generate(model, prompts, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id,
-                                   max_new_tokens=24)
+    got = generate.greedy_generate(
+        model, prompts, eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, max_new_tokens=24
+    )
     for p, g in zip(prompts, got, strict=True):
         with torch.no_grad():
-            r = ref_model.generate(torch.tensor([p]), max_new_tokens=24, do_sample=False,
-                                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)[0, len(p):].tolist()
+            r = ref_model.generate(
+                torch.tensor([p]),
+                max_new_tokens=24,
+                do_sample=False,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )[0, len(p) :].tolist()
         r = r[: r.index(tok.eos_token_id)] if tok.eos_token_id in r else r
         assert g == r
     assert "Paris" in tok.decode(got[0])
@@ -84,8 +101,12 @@ def test_greedy_answers_token_identical(ours, reference):
 def test_tokenizer_matches_transformers_gguf_tokenizer(ours, reference):
     _, tok = ours
     _, ref_tok = reference
-    texts = ["Hello world, it's a test.", "The author was born in Kuwait City on 08/09/1956.",
-             "  spaces\tand\nnewlines  ", "<|im_start|>user\nHi<|im_end|>"]
+    texts = [
+        "Hello world, it's a test.",
+        "The author was born in Kuwait City on 08/09/1956.",
+        "  spaces\tand\nnewlines  ",
+        "<|im_start|>user\nHi<|im_end|>",
+    ]
     for t in texts:
         assert tok(t)["input_ids"] == ref_tok(t)["input_ids"], t
     vocab = tok.get_vocab()
@@ -105,9 +126,20 @@ def test_export_reloads_in_transformers_with_same_logits(ours, tmp_path):
 
 
 def test_generate_command_answers_sensibly():
-    p = subprocess.run([sys.executable, "-m", "cel_jax.main", "generate", "--model=smollm2-135m-instruct",
-                        "--prompt=What is the capital of France?", "--max_new_tokens=24"],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cel_jax.main",
+            "generate",
+            "--model=smollm2-135m-instruct",
+            "--prompt=What is the capital of France?",
+            "--max_new_tokens=24",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     assert "Paris" in p.stdout
 

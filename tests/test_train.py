@@ -51,7 +51,11 @@ def check_dual_rule(log, eps, lr, lam_max=np.inf):
     for a, b in zip(log, log[1:], strict=False):
         assert b["dual"] == pytest.approx(a["dual_next"], abs=1e-6)
     for r in log:
-        expect = min(max(0.0, r["dual"] + lr * (r["retain_loss"] - eps)), lam_max) if r["dual_active"] else r["dual"]
+        expect = (
+            min(max(0.0, r["dual"] + lr * (r["retain_loss"] - eps)), lam_max)
+            if r["dual_active"]
+            else r["dual"]
+        )
         assert r["dual_next"] == pytest.approx(expect, rel=1e-6, abs=1e-6)
 
 
@@ -96,14 +100,21 @@ def _final_state(workdir, like_cfg):
 
     mgr = ocp.CheckpointManager(Path(workdir) / "ckpt")
     step = mgr.latest_step()
-    out = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore()))
+    out = mgr.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+    )
     mgr.close()
     return step, out.state, out.meta
 
 
 def test_sigkill_then_rerun_matches_uninterrupted(model_dir, tmp_path):
-    cfg_args = [f"--config={ROOT / 'configs' / 'tiny.py'}", f"--config.model.name_or_path={model_dir}",
-                "--config.max_steps=6", "--config.ckpt.every=2", "--config.ckpt.async_save=True"]
+    cfg_args = [
+        f"--config={ROOT / 'configs' / 'tiny.py'}",
+        f"--config.model.name_or_path={model_dir}",
+        "--config.max_steps=6",
+        "--config.ckpt.every=2",
+        "--config.ckpt.async_save=True",
+    ]
     env = {**os.environ, "CEL_JAX_FAULT_AT_STEP": "4", "JAX_PLATFORMS": "cpu"}
     cmd = [sys.executable, "-m", "cel_jax.main", "unlearn", f"--workdir={tmp_path / 'killed'}", *cfg_args]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
@@ -126,8 +137,9 @@ def test_sigkill_then_rerun_matches_uninterrupted(model_dir, tmp_path):
 
 def test_restore_onto_another_mesh(model_dir, tmp_path):
     train.run(tiny_cfg(model_dir, max_steps=2, **{"ckpt.every": 2}), str(tmp_path / "run"))
-    out = train.run(tiny_cfg(model_dir, max_steps=4, **{"mesh.shape": (2, 2, 2), "ckpt.every": 2}),
-                    str(tmp_path / "run"))
+    out = train.run(
+        tiny_cfg(model_dir, max_steps=4, **{"mesh.shape": (2, 2, 2), "ckpt.every": 2}), str(tmp_path / "run")
+    )
     assert out["summary"]["resumed_from"] == 2
     q = out["model"].layers[0].attn.q[...]
     assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor", None)
@@ -148,19 +160,22 @@ def test_compiles_once_per_length_bucket(model_dir, tmp_path):
     assert len({r["dual"] for r in rows(tmp_path)}) > 1  # λ changed without recompiling
 
 
-@pytest.mark.parametrize("over, msg", [
-    ({"method": "forgetful"}, "unknown unlearning method"),
-    ({"solver": "magic"}, "unknown solver"),
-    ({"dual.eps": -1.0}, "eps"),
-    ({"dual.lr": -1.0}, "step size"),
-    ({"dual.lam0": -2.0}, "lam0"),
-    ({"dual.mode": "hourly"}, "dual update mode"),
-    ({"data.forget_split": "forget99"}, "forget99"),
-    ({"data.max_length": 16}, "exceeds max_length"),
-    ({"data.forget_rows": "5:5"}, "selects no rows"),
-    ({"batch_size": 3, "mesh.shape": (1, 2, 1)}, "multiple of the mesh"),
-    ({"method_args": {"beta": 1.0}}, "unknown hyper-parameter"),
-])
+@pytest.mark.parametrize(
+    "over, msg",
+    [
+        ({"method": "forgetful"}, "unknown unlearning method"),
+        ({"solver": "magic"}, "unknown solver"),
+        ({"dual.eps": -1.0}, "eps"),
+        ({"dual.lr": -1.0}, "step size"),
+        ({"dual.lam0": -2.0}, "lam0"),
+        ({"dual.mode": "hourly"}, "dual update mode"),
+        ({"data.forget_split": "forget99"}, "forget99"),
+        ({"data.max_length": 16}, "exceeds max_length"),
+        ({"data.forget_rows": "5:5"}, "selects no rows"),
+        ({"batch_size": 3, "mesh.shape": (1, 2, 1)}, "multiple of the mesh"),
+        ({"method_args": {"beta": 1.0}}, "unknown hyper-parameter"),
+    ],
+)
 def test_bad_input_fails_before_compiling(model_dir, tmp_path, over, msg):
     before = sum(step_lib.TRACE_COUNT.values())
     cfg = tiny_cfg(model_dir)
@@ -199,9 +214,18 @@ def test_relative_eps_is_measured_on_the_reference_model(model_dir, tmp_path):
 
 @pytest.mark.parametrize("method", sorted(methods.METHODS))
 def test_every_method_runs_and_decreases_its_objective(model_dir, tmp_path, method):
-    over = {"method": method, "max_steps": 3, "epochs": 3, "grad_accum": 1, "shuffle": False,
-            "data.forget_rows": "0:4", "data.retain_rows": "0:1", "dual.warmup_epochs": 100,
-            "optim.lr": 3e-3, "ckpt.every": 100}
+    over = {
+        "method": method,
+        "max_steps": 3,
+        "epochs": 3,
+        "grad_accum": 1,
+        "shuffle": False,
+        "data.forget_rows": "0:4",
+        "data.retain_rows": "0:1",
+        "dual.warmup_epochs": 100,
+        "optim.lr": 3e-3,
+        "ckpt.every": 100,
+    }
     cfg = tiny_cfg(model_dir, **over)
     if method == "rmu":
         cfg.method_args = {"layer": 0}
@@ -242,15 +266,30 @@ def _free_port():
 def test_two_processes_on_localhost_equal_one_process(model_dir, tmp_path):
     """jax.distributed with CPU collectives: 2 processes x 1 device == 1 process x 2 devices."""
     port = _free_port()
-    args = [sys.executable, "-m", "cel_jax.main", "unlearn", f"--config={ROOT / 'configs' / 'tiny.py'}",
-            f"--config.model.name_or_path={model_dir}", "--config.max_steps=3", "--config.mesh.shape=(1,2,1)",
-            f"--workdir={tmp_path / 'multi'}"]
+    args = [
+        sys.executable,
+        "-m",
+        "cel_jax.main",
+        "unlearn",
+        f"--config={ROOT / 'configs' / 'tiny.py'}",
+        f"--config.model.name_or_path={model_dir}",
+        "--config.max_steps=3",
+        "--config.mesh.shape=(1,2,1)",
+        f"--workdir={tmp_path / 'multi'}",
+    ]
     base = {k: v for k, v in os.environ.items() if not k.startswith("CEL_JAX_")}
     procs = []
     for i in range(2):
-        env = {**base, "JAX_PLATFORMS": "cpu", "CEL_JAX_COORDINATOR": f"127.0.0.1:{port}",
-               "CEL_JAX_NUM_PROCESSES": "2", "CEL_JAX_PROCESS_ID": str(i)}
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **base,
+            "JAX_PLATFORMS": "cpu",
+            "CEL_JAX_COORDINATOR": f"127.0.0.1:{port}",
+            "CEL_JAX_NUM_PROCESSES": "2",
+            "CEL_JAX_PROCESS_ID": str(i),
+        }
+        procs.append(
+            subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err[-3000:]

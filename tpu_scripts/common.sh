@@ -3,6 +3,10 @@
 # prints every command before running it and only prints it under --dry-run (or DRY_RUN=1).
 
 set -euo pipefail
+if ((BASH_VERSINFO[0] * 100 + BASH_VERSINFO[1] < 404)); then
+  echo "error: tpu_scripts need bash >= 4.4 (this is $BASH_VERSION; on macOS: brew install bash)" >&2
+  exit 1
+fi
 
 TPU_SCRIPTS_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck disable=SC2034  # used by env.sh and setup.sh
