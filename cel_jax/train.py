@@ -294,6 +294,9 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
             mean_lr = _retain_pass(state.params, graphdef, td, cfg, mesh, epoch_before)
             new = dual_lib.dual_update(state.dual, mean_lr, eps, cfg.dual.lr, True, lam_max)
             state = state.replace(dual=jax.device_put(new, rep))
+        if mgr.should_save(int(state.step)) and pending is not None:
+            _emit(log, bar, pending, eps)  # the log must hold every step the checkpoint holds
+            pending = None
         saved = checkpoint.save(mgr, int(state.step), state, {**meta_base, "cursor": list(cursor)})
         if saved and remote and jax.process_index() == 0 and log.path.exists():
             _upload_file(log.path, workdir)

@@ -94,14 +94,17 @@ def test_sharded_run_equals_single_device(model_dir, tmp_path):
             assert ra[k] == pytest.approx(rb[k], abs=1e-5, rel=1e-5), k
 
 
-def _final_state(workdir, like_cfg):
-    # read the last checkpoint's λ and params without a template: restore raw
+def _final_state(workdir, like_cfg=None):
+    """The latest checkpoint's (step, state, meta), restored onto this process's first device."""
     import orbax.checkpoint as ocp
 
     mgr = ocp.CheckpointManager(Path(workdir) / "ckpt")
     step = mgr.latest_step()
+    dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shapes = mgr.item_metadata(step)["state"]
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=dev), shapes)
     out = mgr.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(), meta=ocp.args.JsonRestore())
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
     )
     mgr.close()
     return step, out.state, out.meta
@@ -263,20 +266,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_on_localhost_equal_one_process(model_dir, tmp_path):
-    """jax.distributed with CPU collectives: 2 processes x 1 device == 1 process x 2 devices."""
-    port = _free_port()
-    args = [
-        sys.executable,
-        "-m",
-        "cel_jax.main",
-        "unlearn",
-        f"--config={ROOT / 'configs' / 'tiny.py'}",
-        f"--config.model.name_or_path={model_dir}",
-        "--config.max_steps=3",
-        "--config.mesh.shape=(1,2,1)",
-        f"--workdir={tmp_path / 'multi'}",
-    ]
+def _launch_two(args, port, extra_env=None):
     base = {k: v for k, v in os.environ.items() if not k.startswith("CEL_JAX_")}
     procs = []
     for i in range(2):
@@ -286,16 +276,48 @@ def test_two_processes_on_localhost_equal_one_process(model_dir, tmp_path):
             "CEL_JAX_COORDINATOR": f"127.0.0.1:{port}",
             "CEL_JAX_NUM_PROCESSES": "2",
             "CEL_JAX_PROCESS_ID": str(i),
+            **(extra_env or {}),
         }
         procs.append(
             subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         )
     outs = [p.communicate(timeout=600) for p in procs]
-    for p, (_, err) in zip(procs, outs, strict=True):
-        assert p.returncode == 0, err[-3000:]
-    train.run(tiny_cfg(model_dir, max_steps=3, **{"mesh.shape": (1, 2, 1)}), str(tmp_path / "single"))
+    return [p.returncode for p in procs], outs
+
+
+def test_two_processes_killed_and_resumed_equal_one_process(model_dir, tmp_path):
+    """jax.distributed on localhost with CPU collectives: 2 processes x 1 device, SIGKILLed after the step-2
+    checkpoint and relaunched, end where 1 process x 2 devices ends uninterrupted."""
+    args = [
+        sys.executable,
+        "-m",
+        "cel_jax.main",
+        "unlearn",
+        f"--config={ROOT / 'configs' / 'tiny.py'}",
+        f"--config.model.name_or_path={model_dir}",
+        "--config.max_steps=4",
+        "--config.mesh.shape=(1,2,1)",
+        "--config.ckpt.every=2",
+        "--config.export=True",
+        f"--workdir={tmp_path / 'multi'}",
+    ]
+    codes, outs = _launch_two(args, _free_port(), {"CEL_JAX_FAULT_AT_STEP": "2"})
+    assert codes == [-9, -9], [o[1][-2000:] for o in outs]
+    codes, outs = _launch_two(args, _free_port())
+    assert codes == [0, 0], [o[1][-3000:] for o in outs]
+    assert all("resumed from step 2" in o[0] for o in outs)
+    single = tiny_cfg(model_dir, max_steps=4, export=True, **{"mesh.shape": (1, 2, 1)})
+    train.run(single, str(tmp_path / "single"))
     a, b = rows(tmp_path / "multi"), rows(tmp_path / "single")
-    assert len(a) == len(b) == 3
+    assert [r["step"] for r in a] == [1, 2, 3, 4]
     for ra, rb in zip(a, b, strict=True):
         for k in ("forget_loss", "retain_loss", "dual_next"):
             assert ra[k] == pytest.approx(rb[k], abs=1e-5), k
+    from safetensors.numpy import load_file  # the exported final models (process 0 gathered the shards)
+
+    pa, pb = (load_file(str(tmp_path / d / "model" / "model.safetensors")) for d in ("multi", "single"))
+    assert set(pa) == set(pb)
+    for k in pa:
+        np.testing.assert_allclose(pa[k], pb[k], atol=1e-6)
+    sa, sb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("multi", "single"))
+    assert sa["dual"] == pytest.approx(sb["dual"], abs=1e-6) and sa["resumed_from"] == 2

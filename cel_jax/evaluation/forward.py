@@ -333,8 +333,13 @@ def gradnorm_scores(
     progress: bool = True,
 ) -> list[float | None]:
     """OU GradNorm score per item (batch 1, as the reference): mean over parameter tensors of the L2 norm of
-    d(-mean target log-prob over the MIA positions)/d(param). None for an item without MIA positions."""
+    d(-mean target log-prob over the MIA positions)/d(param). None for an item without MIA positions.
+
+    Every item is padded to one length (the bucket of the longest), so the gradient compiles once."""
     out: list[float | None] = []
+    if not items:
+        return out
+    T = round_up(max(len(it["input_ids"]) for it in items), multiple)
     with _progress(len(items), desc, progress) as bar:
         for it in items:
             n = len(it["input_ids"])
@@ -342,7 +347,6 @@ def gradnorm_scores(
                 out.append(None)
                 bar.update(1)
                 continue
-            T = round_up(n, multiple)
             ids = np.full((1, T), pad_id, np.int32)
             mask = np.zeros((1, T), np.int32)
             labels = np.full((1, T), IGNORE, np.int32)

@@ -1,0 +1,998 @@
+"""`python -m bench.throughput`: our PDU step, GradDiff step and TOFU eval against PyTorch/transformers,
+side by side in one run on this machine (interleaved repetitions, medians), plus FSDP bytes per device.
+
+Axes: M micro-batches, B rows per micro-batch (forget or retain), T padded length, D model, V vocab,
+L layers, N parameters.
+
+Measured (see bench/README.md, section "throughput"):
+  (1) tokens/s of our jitted PDU step (cel_jax.step.train_step, method pdu, solver primal_dual) vs a
+      PyTorch step with the same Lagrangian on transformers' LlamaForCausalLM + torch.optim.AdamW;
+  (2) PDU step time / GradDiff (scalarised) step time, same shapes;
+  (3) model FLOP/s of our step, 6·N·tokens + 12·L·T·(n_heads·head_dim)·tokens, over a jitted fp32
+      jnp.matmul peak measured in the same run;
+  (4) TOFU eval: probabilities forward + greedy generation, ours vs transformers forward / `generate`,
+      with the agreement of the generated token ids;
+  (5) peak host memory (ru_maxrss) of each side: the PyTorch side runs in its own process;
+  (6) parameter bytes per device, FSDP mesh (1, 8, 1) vs replicated, on 8 fake CPU devices (subprocess).
+Only numpy and the standard library are imported at module level, so the PyTorch worker never loads JAX
+and the FSDP subprocess never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+IGNORE = -100
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TOFU_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu"
+GOALS = {"pdu_vs_torch_speedup": 1.5, "pdu_over_graddiff": 1.03, "mfu": 0.5, "eval_speedup": 2.0}
+
+
+# ============================================================================================ small helpers
+def maxrss_mb() -> float:
+    """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def machine_info() -> dict:
+    """CPU model, cores, memory, library versions and XLA flags (JAX is imported here)."""
+    import jax
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split("\n")[0].split()[1])
+        mem_gb = round(kb / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    versions = {"python": platform.python_version(), "jax": jax.__version__}
+    for name in ("jaxlib", "flax", "optax", "numpy", "transformers", "torch"):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version(name)
+        except Exception:  # noqa: BLE001 - a missing package is just not reported
+            versions[name] = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "platform": platform.platform(),
+        "jax_backend": jax.default_backend(),
+        "jax_devices": [str(d) for d in jax.devices()],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "versions": versions,
+    }
+
+
+# ============================================================================================ FLOPs
+def model_flops(cfg, n_rows: int, seq_len: int) -> dict:
+    """Training FLOPs of one step over n_rows padded rows of seq_len tokens (fwd + bwd = 3x fwd).
+
+    per token: 6·N (every parameter in one multiply-add forward, two backward; the tied embedding counts
+    once, as the LM-head matmul) + 12·L·T·(n_heads·head_dim) (QK^T and PV over the full T×T score
+    matrix, which both implementations compute; causal masking does not skip work).
+    """
+    if n_rows < 1 or seq_len < 1:
+        raise ValueError(f"n_rows and seq_len must be >= 1, got {n_rows}, {seq_len}")
+    n_params = int(cfg.num_params)
+    tokens = n_rows * seq_len
+    dense = 6 * n_params * tokens
+    attn = 12 * cfg.n_layers * seq_len * cfg.n_heads * cfg.head_dim * tokens
+    return {"n_params": n_params, "tokens": tokens, "dense": dense, "attention": attn, "total": dense + attn}
+
+
+# ============================================================================================ data
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+
+def _pad(items: Sequence[dict], pad_id: int, length: int) -> dict[str, np.ndarray]:
+    from cel_jax.data import pad_items
+
+    return pad_items(items, pad_id, length=length)
+
+
+def train_batch(tok, forget_rows: Sequence[dict], retain_rows: Sequence[dict], batch: int, seq_len: int) -> dict:
+    """{"forget": {...}, "retain": {...}} of int32 [1, B, T] arrays (M = 1), right padded to seq_len, labels
+    IGNORE on the prompt, formatted exactly like training (cel_jax.data.encode_qa, chat template)."""
+    from cel_jax import data
+
+    pad = data.pad_id_of(tok)
+    out = {}
+    for name, rows in (("forget", forget_rows), ("retain", retain_rows)):
+        items = []
+        for r in rows:
+            it = data.encode_qa(tok, r["question"], r["answer"])
+            if len(it["input_ids"]) <= seq_len:
+                items.append(it)
+            if len(items) == batch:
+                break
+        if len(items) < batch:
+            raise ValueError(f"only {len(items)} {name} rows fit in seq_len={seq_len}; need batch={batch}")
+        part = _pad(items, pad, seq_len)
+        out[name] = {k: part[k][None].astype(np.int32) for k in ("input_ids", "attention_mask", "labels")}
+    return out
+
+
+def eval_items(tok, rows: Sequence[dict]) -> tuple[list[dict], list[list[int]]]:
+    """(probability items with labels, generation prompts) for TOFU rows, chat template as the eval."""
+    from cel_jax import data
+
+    items = [data.encode_qa(tok, r["question"], r["answer"]) for r in rows]
+    prompts = [data.encode_qa(tok, r["question"], r["answer"], generate=True)["input_ids"] for r in rows]
+    return items, prompts
+
+
+def agreement(ours: Sequence[Sequence[int]], theirs: Sequence[Sequence[int]]) -> dict:
+    """exact: share of identical sequences; token: common-prefix tokens / longer length, summed over items;
+    first_divergence: per item, the index of the first differing token (None when identical)."""
+    if len(ours) != len(theirs):
+        raise ValueError(f"{len(ours)} vs {len(theirs)} sequences")
+    same, pref, total, first = 0, 0, 0, []
+    for a, b in zip(ours, theirs, strict=True):
+        a, b = list(a), list(b)
+        k = 0
+        while k < min(len(a), len(b)) and a[k] == b[k]:
+            k += 1
+        same += a == b
+        pref += k
+        total += max(len(a), len(b))
+        first.append(None if a == b else k)
+    return {
+        "exact": same / max(len(ours), 1),
+        "token": pref / total if total else 1.0,
+        "first_divergence": first,
+    }
+
+
+# ============================================================================================ JAX side
+def jax_matmul_peak(sizes: Sequence[int] = (1024, 2048), reps: int = 3) -> dict:
+    """Best fp32 GFLOP/s of a jitted square jnp.matmul per size; `peak` is the best over sizes."""
+    import jax
+    import jax.numpy as jnp
+
+    f = jax.jit(jnp.matmul)
+    out = {}
+    for n in sizes:
+        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        f(a, b).block_until_ready()
+        best = min(timed(lambda a=a, b=b: f(a, b).block_until_ready())[1] for _ in range(reps))
+        out[str(n)] = 2 * n**3 / best / 1e9
+    return {"gflops": out, "peak": max(out.values())}
+
+
+def _unlearn_cfg(method: str, solver: str, lam0: float, eps: float, dual_lr: float):
+    from cel_jax import config_base
+
+    cfg = config_base.unlearn_config()
+    cfg.method, cfg.solver = method, solver
+    cfg.dual.lam0, cfg.dual.eps, cfg.dual.lr, cfg.dual.mode = lam0, eps, dual_lr, "step"
+    return cfg
+
+
+def make_jax_step(
+    model, method: str, solver: str, *, lam0: float = 1.0, eps: float = 1.0, dual_lr: float = 1.0, params=None
+) -> dict:
+    """The training loop's step, wired as cel_jax.train.run does: make_spec, make_optimizer, create_state,
+    jax.jit(train_step, donate_argnums=0). `params` (pure dict) defaults to the model's own arrays."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from cel_jax import optim, train
+    from cel_jax import step as step_lib
+
+    cfg = _unlearn_cfg(method, solver, lam0, eps, dual_lr)
+    spec = train.make_spec(cfg, model.cfg, "unlearn")
+    graphdef, params_state = nnx.split(model, nnx.Param)
+    if params is None:
+        params = nnx.to_pure_dict(params_state)
+    tx = optim.make_optimizer(cfg.optim, total_steps=10_000, warmup_steps=0)
+    lam = lam0 if solver == "primal_dual" else 0.0
+    state = train.create_state(params, tx, lam, eps, cfg.seed)
+    hp = {"dual_lr": jnp.float32(dual_lr), "dual_active": jnp.bool_(True), "lam_max": jnp.float32(np.inf)}
+    fn = jax.jit(
+        lambda s, b, hp, r, c: step_lib.train_step(s, b, hp, r, c, graphdef=graphdef, tx=tx, spec=spec),
+        donate_argnums=0,
+    )
+    return {"fn": fn, "state": state, "hp": hp, "spec": spec, "graphdef": graphdef, "tx": tx}
+
+
+def compile_step(st: dict, batch: dict) -> dict:
+    """Trace+lower and XLA-compile separately (timed); st["compiled"] replaces the lazy jit call."""
+    import jax
+
+    b = jax.device_put(batch)
+    lowered, t_lower = timed(lambda: st["fn"].lower(st["state"], b, st["hp"], None, {}))
+    compiled, t_comp = timed(lowered.compile)
+    st["compiled"] = compiled
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
+    return {"trace_lower_s": t_lower, "compile_s": t_comp, "xla_flops": flops}
+
+
+def run_step(st: dict, batch: dict) -> tuple[float, float, float]:
+    """One optimizer step as the loop runs it (host batch -> device, dispatch, wait, fetch the loss).
+    Returns (seconds, dispatch seconds, loss)."""
+    import jax
+
+    t0 = time.perf_counter()
+    state, metrics = st["compiled"](st["state"], jax.device_put(batch), st["hp"], None, {})
+    t_dispatch = time.perf_counter() - t0
+    jax.block_until_ready(state)
+    loss = float(metrics["loss"])
+    st["state"] = state
+    return time.perf_counter() - t0, t_dispatch, loss
+
+
+def jax_breakdown(st: dict, batch: dict, reps: int) -> dict:
+    """Forward only (the objective of micro-batch 0, no gradient) and optimizer only (optax update +
+    apply_updates on gradient-shaped arrays), each jitted separately; backward ≈ step - the two."""
+    import jax
+    import optax
+
+    from cel_jax import step as step_lib
+
+    spec, graphdef, tx = st["spec"], st["graphdef"], st["tx"]
+    mb = jax.device_put(jax.tree.map(lambda x: x[0], batch))
+    s = st["state"]
+    fwd = jax.jit(lambda p, mb, lam, eps: step_lib.objective(p, lam, eps, mb, {}, {}, graphdef, spec)[0])
+
+    def opt_fn(g, o, p):
+        u, o = tx.update(g, o, p)
+        return optax.apply_updates(p, u), o
+
+    opt = jax.jit(opt_fn)
+    out: dict[str, Any] = {}
+    _, out["forward_first_call_s"] = timed(lambda: fwd(s.params, mb, s.dual, s.eps).block_until_ready())
+    _, out["optimizer_first_call_s"] = timed(
+        lambda: jax.block_until_ready(opt(s.params, s.opt_state, s.params))
+    )
+    f_t, o_t = [], []
+    for _ in range(reps):
+        f_t.append(timed(lambda: fwd(s.params, mb, s.dual, s.eps).block_until_ready())[1])
+        o_t.append(timed(lambda: jax.block_until_ready(opt(s.params, s.opt_state, s.params)))[1])
+    out["forward_s"], out["optimizer_s"] = median(f_t), median(o_t)
+    return out
+
+
+def jax_eval(model, items, prompts, pad_id: int, eos_ids, max_new_tokens: int) -> dict:
+    """The evaluation's own paths: forward.item_stats (probabilities) and forward.generate_ids."""
+    from cel_jax.evaluation import forward
+
+    n = len(items)
+    stats, t_f = timed(lambda: forward.item_stats(model, items, pad_id, batch_size=n, progress=False))
+    outs, t_g = timed(
+        lambda: forward.generate_ids(
+            model, prompts, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=max_new_tokens, batch_size=n,
+            progress=False,
+        )
+    )
+    return {"forward_s": t_f, "generate_s": t_g, "avg_loss": [s["avg_loss"] for s in stats], "ids": outs}
+
+
+def fsdp_param_bytes(model, fsdp: int) -> dict:
+    """Parameter bytes on each device: replicated (every leaf put on a replicated sharding, counted and
+    freed one at a time) vs FSDP mesh (1, fsdp, 1) via sharding.shard_model; from addressable_shards."""
+    import jax
+    from flax import nnx
+
+    from cel_jax import sharding
+
+    mesh = sharding.make_mesh((1, fsdp, 1))
+    devs = list(mesh.devices.flat)
+    rep = sharding.replicated(mesh)
+    replicated = {str(d): 0 for d in devs}
+    for leaf in jax.tree.leaves(nnx.to_pure_dict(nnx.state(model, nnx.Param))):
+        arr = jax.device_put(leaf, rep)
+        for sh in arr.addressable_shards:
+            replicated[str(sh.device)] += sh.data.nbytes
+        del arr  # freed now (delete() could free an aliased buffer of the model)
+    sharding.shard_model(model, mesh)
+    per_dev = {str(d): 0 for d in devs}
+    unsharded = []
+    for path, arr in jax.tree_util.tree_leaves_with_path(nnx.to_pure_dict(nnx.state(model, nnx.Param))):
+        for sh in arr.addressable_shards:
+            per_dev[str(sh.device)] += sh.data.nbytes
+        if arr.sharding.is_fully_replicated:
+            unsharded.append((jax.tree_util.keystr(path), int(arr.nbytes)))
+    total = sum(replicated.values()) // len(devs)
+    return {
+        "devices": len(devs),
+        "total_param_bytes": total,
+        "replicated_per_device": replicated,
+        "fsdp_per_device": per_dev,
+        "fsdp_max_per_device": max(per_dev.values()),
+        "ideal_per_device": total / len(devs),
+        "replicated_leaves_under_fsdp": len(unsharded),
+        "replicated_bytes_under_fsdp": sum(b for _, b in unsharded),
+    }
+
+
+def _fsdp_child(conn, model_name: str, fsdp: int) -> None:
+    """Subprocess: jax_num_cpu_devices = fsdp before the backend starts, then fsdp_param_bytes."""
+    try:
+        import jax
+
+        jax.config.update("jax_num_cpu_devices", fsdp)
+        from cel_jax import hf_io
+
+        model, _ = hf_io.load_pretrained(model_name, with_tokenizer=False)
+        out = fsdp_param_bytes(model, fsdp)
+        out["maxrss_mb"] = maxrss_mb()
+        conn.send(out)
+    except Exception:  # noqa: BLE001 - reported to the parent
+        conn.send({"error": traceback.format_exc()})
+
+
+def run_fsdp_subprocess(model_name: str, fsdp: int = 8) -> dict:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    p = ctx.Process(target=_fsdp_child, args=(child, model_name, fsdp))
+    p.start()
+    out = parent.recv()
+    p.join()
+    return out
+
+
+# ============================================================================================ PyTorch side
+def torch_setup(folder: str, *, threads: int, attn: str = "sdpa", lr: float = 1e-5, weight_decay: float = 0.01):
+    """transformers' LlamaForCausalLM (fp32) + torch AdamW, matrices decayed (HF Trainer's grouping)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.set_num_threads(threads)
+    model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn)
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.999),
+        eps=1e-8,
+    )
+    return model, opt
+
+
+def torch_logit_margin(logits_BTV, labels_BT):
+    """Our losses.logit_margin(shifted=True, average="token", tie="split") in torch (amax splits ties)."""
+    z = logits_BTV[:, :-1].float()
+    mask = (labels_BT[:, 1:] != IGNORE).float()
+    margin = (z.amax(-1) - z.mean(-1)) ** 2
+    return (margin * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def torch_pdu_step(model, opt, batch: dict, lam: float, eps: float, dual_lr: float, clip: float = 1.0):
+    """L = L_f + λ (L_r − ε) per micro-batch (mean over M), clip 1.0, AdamW, then λ ← [λ + η(L_r − ε)]_+
+    (dual mode "step"). Returns (seconds, loss, new λ, {forward_s, backward_s, optimizer_s})."""
+    import torch
+
+    model.train()
+    t0 = time.perf_counter()
+    opt.zero_grad(set_to_none=True)
+    f, r = batch["forget"], batch["retain"]
+    M = f["input_ids"].shape[0]
+    t_f = t_b = 0.0
+    losses, l_rs = [], []
+    for m in range(M):
+        ta = time.perf_counter()
+        tens = {k: {n: torch.from_numpy(np.asarray(v[m], np.int64)) for n, v in p.items()} for k, p in batch.items()}
+        tf, tr = tens["forget"], tens["retain"]
+        logits = model(input_ids=tf["input_ids"], attention_mask=tf["attention_mask"]).logits
+        l_f = torch_logit_margin(logits, tf["labels"])
+        l_r = model(input_ids=tr["input_ids"], attention_mask=tr["attention_mask"], labels=tr["labels"]).loss
+        loss = l_f + lam * (l_r - eps)
+        tb = time.perf_counter()
+        (loss / M).backward()
+        tc = time.perf_counter()
+        t_f += tb - ta
+        t_b += tc - tb
+        losses.append(float(loss.detach()))
+        l_rs.append(float(l_r.detach()))
+    del f, r
+    tc = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    t_o = time.perf_counter() - tc
+    lam = max(0.0, lam + dual_lr * (float(np.mean(l_rs)) - eps))
+    total = time.perf_counter() - t0
+    return total, float(np.mean(losses)), lam, {"forward_s": t_f, "backward_s": t_b, "optimizer_s": t_o}
+
+
+def torch_forward_probs(model, items: Sequence[dict], pad_id: int) -> tuple[list[float], float]:
+    """Per-item token-mean NLL of the labelled (shifted) tokens, one right-padded batch, no_grad."""
+    import torch
+
+    model.eval()
+    t0 = time.perf_counter()
+    n = max(len(it["input_ids"]) for it in items)
+    p = _pad(items, pad_id, n)
+    with torch.no_grad():
+        ids = torch.from_numpy(p["input_ids"].astype(np.int64))
+        logits = model(input_ids=ids, attention_mask=torch.from_numpy(p["attention_mask"].astype(np.int64))).logits
+        lab = torch.from_numpy(p["labels"].astype(np.int64))[:, 1:]
+        logp = torch.log_softmax(logits[:, :-1].float(), -1)
+        mask = lab != IGNORE
+        nll = -torch.gather(logp, -1, lab.clamp(min=0)[..., None])[..., 0] * mask
+        avg = (nll.sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
+    return avg, time.perf_counter() - t0
+
+
+def torch_generate(model, prompts: Sequence[Sequence[int]], eos_ids, pad_id: int, max_new_tokens: int):
+    """transformers `generate` (greedy), one left-padded batch; outputs cut at the first EOS."""
+    import torch
+
+    model.eval()
+    t0 = time.perf_counter()
+    P = max(len(p) for p in prompts)
+    ids = np.full((len(prompts), P), pad_id, np.int64)
+    mask = np.zeros((len(prompts), P), np.int64)
+    for i, p in enumerate(prompts):
+        ids[i, P - len(p) :], mask[i, P - len(p) :] = p, 1
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=torch.from_numpy(ids),
+            attention_mask=torch.from_numpy(mask),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=list(eos_ids),
+            pad_token_id=pad_id,
+        )
+    res = []
+    eos = set(int(e) for e in eos_ids)
+    for row in out[:, P:].tolist():
+        toks = []
+        for t in row:
+            if t in eos:
+                break
+            toks.append(t)
+        res.append(toks)
+    return res, time.perf_counter() - t0
+
+
+def torch_matmul_peak(sizes: Sequence[int] = (1024, 2048), reps: int = 3) -> dict:
+    import torch
+
+    out = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        best = min(timed(lambda a=a, b=b: a @ b)[1] for _ in range(reps))
+        out[str(n)] = 2 * n**3 / best / 1e9
+    return {"gflops": out, "peak": max(out.values())}
+
+
+def _torch_worker(conn, folder: str, threads: int, attn: str, lam0: float, eps: float, dual_lr: float) -> None:
+    """Subprocess loop: ("step" | "forward" | "generate" | "matmul" | "rss" | "stop", kwargs) -> dict."""
+    try:
+        rss0 = maxrss_mb()
+        (model, opt), t_load = timed(lambda: torch_setup(folder, threads=threads, attn=attn))
+        import torch
+
+        ctx = {"lam": lam0}
+        conn.send(
+            {
+                "load_s": t_load,
+                "maxrss_mb_before_load": rss0,
+                "maxrss_mb": maxrss_mb(),
+                "attn_implementation": model.config._attn_implementation,
+                "torch_threads": torch.get_num_threads(),
+            }
+        )
+    except Exception:  # noqa: BLE001
+        conn.send({"error": traceback.format_exc()})
+        return
+    while True:
+        cmd, kw = conn.recv()
+        try:
+            if cmd == "stop":
+                conn.send({"maxrss_mb": maxrss_mb()})
+                return
+            if cmd == "step":
+                s, loss, ctx["lam"], parts = torch_pdu_step(model, opt, kw["batch"], ctx["lam"], eps, dual_lr)
+                out = {"seconds": s, "loss": loss, "lam": ctx["lam"], **parts}
+            elif cmd == "forward":
+                avg, s = torch_forward_probs(model, kw["items"], kw["pad_id"])
+                out = {"seconds": s, "avg_loss": avg}
+            elif cmd == "generate":
+                ids, s = torch_generate(model, kw["prompts"], kw["eos_ids"], kw["pad_id"], kw["max_new_tokens"])
+                out = {"seconds": s, "ids": ids}
+            elif cmd == "matmul":
+                out = torch_matmul_peak(kw.get("sizes", (1024, 2048)))
+            elif cmd == "rss":
+                out = {}
+            else:
+                raise ValueError(f"unknown command {cmd!r}")
+            out["maxrss_mb"] = maxrss_mb()
+        except Exception:  # noqa: BLE001
+            out = {"error": traceback.format_exc()}
+        conn.send(out)
+
+
+class TorchWorker:
+    """The PyTorch side in its own process (separate ru_maxrss; never imports JAX)."""
+
+    def __init__(self, folder: str, threads: int, attn: str, lam0: float, eps: float, dual_lr: float):
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_torch_worker, args=(child, folder, threads, attn, lam0, eps, dual_lr), daemon=True
+        )
+        self.proc.start()
+        self.info = self._recv()
+
+    def _recv(self) -> dict:
+        out = self.conn.recv()
+        if "error" in out:
+            raise RuntimeError(f"torch worker failed:\n{out['error']}")
+        return out
+
+    def __call__(self, cmd: str, **kw) -> dict:
+        self.conn.send((cmd, kw))
+        return self._recv()
+
+    def close(self) -> dict:
+        out = self("stop")
+        self.proc.join(timeout=60)
+        return out
+
+
+# ============================================================================================ the run
+def _log(msg: str) -> None:
+    print(f"[throughput {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The whole benchmark; returns the results dict (written by `write_results`)."""
+    t_start = time.time()
+    res: dict[str, Any] = {"command": command_line(args), "loadavg_start": loadavg(), "args": vars(args)}
+    rss: dict[str, float] = {"start": maxrss_mb()}
+    import jax
+
+    from cel_jax import data, hf_io
+    from cel_jax import generate as gen
+
+    res["machine"] = machine_info()
+    folder = str(hf_io.resolve(args.model))
+    tok = hf_io.load_tokenizer(folder)
+    rss["imports_and_tokenizer"] = maxrss_mb()
+    pad_id = data.pad_id_of(tok)
+    tofu = Path(args.data)
+    forget = read_jsonl(tofu / "forget01.jsonl")
+    retain = read_jsonl(tofu / "full.jsonl")[:400]
+    batch = train_batch(tok, forget, retain, args.batch, args.seq)
+    items, prompts = eval_items(tok, forget[: args.eval_items])
+
+    _log("starting the PyTorch worker")
+    threads = os.cpu_count() or 1
+    worker = TorchWorker(folder, threads, args.attn, args.lam0, args.eps, args.dual_lr)
+    res["torch_info"] = dict(worker.info)
+    _log("loading our model")
+    (model, _), t_load = timed(lambda: hf_io.load_pretrained(folder, with_tokenizer=False))
+    rss["model_loaded"] = maxrss_mb()
+    res["load_s"] = {"ours": t_load, "torch": worker.info["load_s"]}
+    cfg = model.cfg
+    n_rows = 2 * args.batch
+    flops = model_flops(cfg, n_rows, args.seq)
+    res["shapes"] = {"M": 1, "B_forget": args.batch, "B_retain": args.batch, "T": args.seq, "tokens": flops["tokens"]}
+    res["flops_formula"] = "6*N*tokens + 12*L*T*(n_heads*head_dim)*tokens; tokens = M*(B_f+B_r)*T (padded)"
+    res["flops"] = flops
+
+    # ---------------------------------------------------------------------------- (4) TOFU eval
+    _log("eval: first calls (compile / warm-up)")
+    eos_ids = gen.eos_token_ids(model, tok)
+    first = {}
+    ours_eval, first["ours_total_s"] = timed(
+        lambda: jax_eval(model, items, prompts, pad_id, eos_ids, args.max_new_tokens)
+    )
+    first["ours_forward_s"], first["ours_generate_s"] = ours_eval["forward_s"], ours_eval["generate_s"]
+    tf = worker("forward", items=items, pad_id=pad_id)
+    tg = worker("generate", prompts=prompts, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=args.max_new_tokens)
+    first["torch_forward_s"], first["torch_generate_s"] = tf["seconds"], tg["seconds"]
+    ev = {"ours_forward": [], "ours_generate": [], "torch_forward": [], "torch_generate": [], "loadavg": []}
+    for rep in range(args.eval_reps):
+        _log(f"eval rep {rep + 1}/{args.eval_reps}")
+        for side in _rotate(["ours", "torch"], rep):
+            if side == "ours":
+                o = jax_eval(model, items, prompts, pad_id, eos_ids, args.max_new_tokens)
+                ev["ours_forward"].append(o["forward_s"])
+                ev["ours_generate"].append(o["generate_s"])
+            else:
+                ev["torch_forward"].append(worker("forward", items=items, pad_id=pad_id)["seconds"])
+                g = worker(
+                    "generate", prompts=prompts, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=args.max_new_tokens
+                )
+                ev["torch_generate"].append(g["seconds"])
+        ev["loadavg"].append(loadavg()[0])
+    med = {k: median(v) for k, v in ev.items() if k != "loadavg"}
+    ours_t = med["ours_forward"] + med["ours_generate"]
+    torch_t = med["torch_forward"] + med["torch_generate"]
+    n_gen = sum(len(x) for x in ours_eval["ids"])
+    res["eval"] = {
+        "items": len(items),
+        "max_new_tokens": args.max_new_tokens,
+        "first_call_s": first,
+        "samples_s": ev,
+        "median_s": med,
+        "speedup_forward": med["torch_forward"] / med["ours_forward"],
+        "speedup_generate": med["torch_generate"] / med["ours_generate"],
+        "speedup_total": torch_t / ours_t,
+        "generated_tokens_ours": n_gen,
+        "generated_tokens_torch": sum(len(x) for x in tg["ids"]),
+        "agreement": agreement(ours_eval["ids"], tg["ids"]),
+        "max_abs_avg_loss_diff": float(
+            np.max(np.abs(np.asarray(ours_eval["avg_loss"], float) - np.asarray(tf["avg_loss"], float)))
+        ),
+    }
+    rss["after_eval"] = maxrss_mb()
+    res["torch_rss_after_eval"] = worker("rss")["maxrss_mb"]
+
+    # ---------------------------------------------------------------------------- (1)-(3) steps
+    _log("PDU step: compile")
+    pdu = make_jax_step(model, "pdu", "primal_dual", lam0=args.lam0, eps=args.eps, dual_lr=args.dual_lr)
+    del model  # its arrays are the PDU state's parameters, donated by the first step
+    comp = {"pdu": compile_step(pdu, batch)}
+    warm = {}
+    _log("PDU step: warm-up (first run)")
+    warm["pdu_first_step_s"], _, warm["pdu_first_loss"] = run_step(pdu, batch)
+    _log("PyTorch step: warm-up")
+    t0 = worker("step", batch=batch)
+    warm["torch_first_step_s"], warm["torch_first_loss"] = t0["seconds"], t0["loss"]
+    warm["first_loss_rel_diff"] = abs(warm["pdu_first_loss"] - t0["loss"]) / max(abs(t0["loss"]), 1e-12)
+    rss["after_pdu_warmup"] = maxrss_mb()
+    res["torch_rss_after_step_warmup"] = t0["maxrss_mb"]
+
+    _log("GradDiff step: compile")
+    gd_params = jax.tree.map(lambda x: x.copy(), pdu["state"].params)
+    gd = make_jax_step_from(pdu, gd_params, args)
+    comp["grad_diff"] = compile_step(gd, batch)
+    warm["grad_diff_first_step_s"] = run_step(gd, batch)[0]
+    res["compile"] = comp
+    res["warmup"] = warm
+
+    _log("matmul peak (first)")
+    peaks = {"jax": [jax_matmul_peak(args.mm_sizes)], "torch": [worker("matmul", sizes=args.mm_sizes)]}
+    S: dict[str, list] = {k: [] for k in ("pdu", "grad_diff", "torch", "pdu_dispatch", "gd_dispatch", "loadavg")}
+    S["torch_parts"], S["losses_pdu"], S["losses_torch"] = [], [], []
+    for rep in range(args.reps):
+        _log(f"step rep {rep + 1}/{args.reps} (loadavg {loadavg()[0]})")
+        for what in _rotate(["pdu", "torch", "grad_diff"], rep):
+            if what == "pdu":
+                s, d, loss = run_step(pdu, batch)
+                S["pdu"].append(s)
+                S["pdu_dispatch"].append(d)
+                S["losses_pdu"].append(loss)
+            elif what == "grad_diff":
+                s, d, _ = run_step(gd, batch)
+                S["grad_diff"].append(s)
+                S["gd_dispatch"].append(d)
+            else:
+                o = worker("step", batch=batch)
+                S["torch"].append(o["seconds"])
+                S["losses_torch"].append(o["loss"])
+                S["torch_parts"].append({k: o[k] for k in ("forward_s", "backward_s", "optimizer_s")})
+        peaks["jax"].append(jax_matmul_peak(args.mm_sizes))
+        peaks["torch"].append(worker("matmul", sizes=args.mm_sizes))
+        S["loadavg"].append(loadavg()[0])
+    rss["after_steps"] = maxrss_mb()
+    m_pdu, m_gd, m_t = median(S["pdu"]), median(S["grad_diff"]), median(S["torch"])
+    tokens = flops["tokens"]
+    jax_peak = {"best": max(p["peak"] for p in peaks["jax"]), "median": median([p["peak"] for p in peaks["jax"]])}
+    torch_peak = {
+        "best": max(p["peak"] for p in peaks["torch"]),
+        "median": median([p["peak"] for p in peaks["torch"]]),
+    }
+    achieved = flops["total"] / m_pdu / 1e9
+    res["steps"] = {
+        "samples_s": S,
+        "median_s": {"pdu": m_pdu, "grad_diff": m_gd, "torch": m_t},
+        "tokens_per_s": {"pdu": tokens / m_pdu, "grad_diff": tokens / m_gd, "torch": tokens / m_t},
+        "speedup_pdu_vs_torch": m_t / m_pdu,
+        "pdu_over_graddiff": m_pdu / m_gd,
+        "pdu_over_graddiff_paired": median([a / b for a, b in zip(S["pdu"], S["grad_diff"], strict=True)]),
+        "torch_parts_median_s": {
+            k: median([p[k] for p in S["torch_parts"]]) for k in ("forward_s", "backward_s", "optimizer_s")
+        },
+    }
+    res["matmul_peak_gflops"] = {"jax": jax_peak, "torch": torch_peak, "samples": peaks}
+    res["mfu"] = {
+        "achieved_gflops_pdu": achieved,
+        "achieved_gflops_torch": flops["total"] / m_t / 1e9,
+        "fraction_of_best_peak": achieved / jax_peak["best"],
+        "fraction_of_median_peak": achieved / jax_peak["median"],
+        "torch_fraction_of_torch_best_peak": flops["total"] / m_t / 1e9 / torch_peak["best"],
+        "xla_cost_analysis_flops": comp["pdu"]["xla_flops"],
+    }
+    if args.breakdown:
+        _log("breakdown: forward-only and optimizer-only programs")
+        bd = jax_breakdown(pdu, batch, reps=2)
+        bd["step_s"] = m_pdu
+        bd["backward_s_estimate"] = m_pdu - bd["forward_s"] - bd["optimizer_s"]
+        bd["dispatch_s"] = median(S["pdu_dispatch"])
+        res["breakdown_ours"] = bd
+    res["torch_final"] = worker.close()
+    rss["end"] = maxrss_mb()
+    del pdu, gd
+
+    # ---------------------------------------------------------------------------- (5) memory
+    res["memory_mb"] = {
+        "ours_phases": rss,
+        "ours_peak_through_eval": rss["after_eval"],
+        "ours_peak_one_training_state": rss["after_pdu_warmup"],
+        "ours_peak_end": rss["end"],
+        "torch_after_load": res["torch_info"]["maxrss_mb"],
+        "torch_peak_through_eval": res["torch_rss_after_eval"],
+        "torch_peak_training": res["torch_final"]["maxrss_mb"],
+        "how": "ru_maxrss of each process (ours: this process; torch: its own spawned worker process)",
+    }
+
+    # ---------------------------------------------------------------------------- (6) FSDP
+    if args.fsdp:
+        _log("FSDP bytes per device (subprocess, 8 fake CPU devices)")
+        res["fsdp"] = run_fsdp_subprocess(folder, 8)
+    res["loadavg_end"] = loadavg()
+    res["wall_s"] = time.time() - t_start
+    res["goals"] = goal_table(res)
+    return res
+
+
+def make_jax_step_from(pdu: dict, params, args) -> dict:
+    """The GradDiff (scalarised) step on the same graph; the model is only used for its graphdef/config."""
+    from flax import nnx
+
+    model = nnx.merge(pdu["graphdef"], params)
+    return make_jax_step(model, "grad_diff", "scalarized", lam0=0.0, eps=args.eps, params=params)
+
+
+def _rotate(xs: list, k: int) -> list:
+    k %= len(xs)
+    return xs[k:] + xs[:k]
+
+
+def goal_table(res: dict) -> list[dict]:
+    rows = [
+        ("(1) PDU step tokens/s, ours / PyTorch", res["steps"]["speedup_pdu_vs_torch"], ">=", 1.5),
+        ("(2) PDU step time / GradDiff step time", res["steps"]["pdu_over_graddiff"], "<=", 1.03),
+        ("(3) model FLOP/s / fp32 matmul peak (best)", res["mfu"]["fraction_of_best_peak"], ">=", 0.5),
+        ("(4) TOFU eval time, PyTorch / ours", res["eval"]["speedup_total"], ">=", 2.0),
+    ]
+    return [
+        {"goal": g, "value": v, "target": f"{op} {t}", "met": bool(v >= t if op == ">=" else v <= t)}
+        for g, v, op, t in rows
+    ]
+
+
+# ============================================================================================ output
+def command_line(args: argparse.Namespace) -> str:
+    parts = ["python -m bench.throughput"]
+    defaults = vars(build_parser().parse_args([]))
+    for k, v in vars(args).items():
+        if k == "out" or v == defaults.get(k):
+            continue
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            parts.append(flag if v else "--no-" + k.replace("_", "-"))
+        elif isinstance(v, list | tuple):
+            parts.append(f"{flag} {' '.join(map(str, v))}")
+        else:
+            parts.append(f"{flag} {v}")
+    return "CEL_JAX_CACHE=/root/.cache/cel_jax " + " ".join(parts)
+
+
+def _f(x: float, nd: int = 2) -> str:
+    return f"{x:.{nd}f}"
+
+
+def markdown(res: dict) -> str:
+    st, ev, mf, mem = res["steps"], res["eval"], res["mfu"], res["memory_mb"]
+    sh, m = res["shapes"], res["machine"]
+    L = [
+        "# Throughput: cel_jax vs PyTorch/transformers (CPU)",
+        "",
+        f"Regenerate: `{res['command']}` (from the repository root; about {res['wall_s'] / 60:.0f} min here).",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; jax {m['versions']['jax']}, "
+        f"flax {m['versions']['flax']}, torch {m['versions']['torch']}, transformers "
+        f"{m['versions']['transformers']}; XLA_FLAGS=`{m['xla_flags'] or '(none)'}`; torch threads "
+        f"{res['torch_info']['torch_threads']}, attention `{res['torch_info']['attn_implementation']}`, fp32.",
+        f"Load average (1/5/15 min) at start {res['loadavg_start']}, at end {res['loadavg_end']}; 1-min load "
+        f"after each step repetition {st['samples_s']['loadavg']} (the machine is shared; our own process adds "
+        "about 2). All timings are medians of interleaved repetitions.",
+        "",
+        "## Goals",
+        "",
+        "| goal | reached | target | met |",
+        "|---|---|---|---|",
+    ]
+    L += [f"| {g['goal']} | {_f(g['value'], 3)} | {g['target']} | {'yes' if g['met'] else 'no'} |" for g in res["goals"]]
+    L += [
+        "",
+        f"## Unlearning step (M=1, B={sh['B_forget']} forget + {sh['B_retain']} retain, T={sh['T']}: "
+        f"{sh['tokens']} tokens/step)",
+        "",
+        "| | median s/step | tokens/s | samples (s) |",
+        "|---|---|---|---|",
+    ]
+    for k, name in (("pdu", "ours, PDU (primal_dual)"), ("grad_diff", "ours, GradDiff (scalarized)"), ("torch", "PyTorch PDU")):
+        xs = ", ".join(_f(x, 1) for x in st["samples_s"][k])
+        L.append(f"| {name} | {_f(st['median_s'][k])} | {_f(st['tokens_per_s'][k], 1)} | {xs} |")
+    c, w = res["compile"], res["warmup"]
+    L += [
+        "",
+        f"Compile (not in the step times): PDU trace+lower {_f(c['pdu']['trace_lower_s'], 1)} s + XLA compile "
+        f"{_f(c['pdu']['compile_s'], 1)} s; GradDiff {_f(c['grad_diff']['trace_lower_s'], 1)} + "
+        f"{_f(c['grad_diff']['compile_s'], 1)} s. First runs: PDU {_f(w['pdu_first_step_s'], 1)} s, PyTorch "
+        f"{_f(w['torch_first_step_s'], 1)} s.",
+        f"Same Lagrangian: first-step loss ours {w['pdu_first_loss']:.6g} vs PyTorch {w['torch_first_loss']:.6g} "
+        f"(relative difference {w['first_loss_rel_diff']:.1e}); later losses ours {[round(x, 4) for x in st['samples_s']['losses_pdu']]}, "
+        f"PyTorch {[round(x, 4) for x in st['samples_s']['losses_torch']]} (the two sides step in lockstep "
+        "from the same weights and batch).",
+        f"PDU / GradDiff: ratio of medians {_f(st['pdu_over_graddiff'], 3)}, median of paired ratios "
+        f"{_f(st['pdu_over_graddiff_paired'], 3)}.",
+        "",
+        "## Model FLOP/s",
+        "",
+        f"Formula: {res['flops_formula']}; N = {res['flops']['n_params']:,}. One step = "
+        f"{res['flops']['total'] / 1e9:.1f} GFLOP ({res['flops']['dense'] / 1e9:.1f} dense + "
+        f"{res['flops']['attention'] / 1e9:.1f} attention); XLA's cost analysis counts "
+        f"{mf['xla_cost_analysis_flops'] / 1e9:.1f} GFLOP for the compiled step.",
+        f"fp32 matmul peak (jitted jnp.matmul, square sizes {res['args']['mm_sizes']}, best of 3 per size, "
+        f"measured {len(res['matmul_peak_gflops']['samples']['jax'])} times through the run): best "
+        f"{_f(res['matmul_peak_gflops']['jax']['best'], 1)} GFLOP/s, median "
+        f"{_f(res['matmul_peak_gflops']['jax']['median'], 1)}; torch matmul best "
+        f"{_f(res['matmul_peak_gflops']['torch']['best'], 1)}.",
+        f"Achieved: ours {_f(mf['achieved_gflops_pdu'], 1)} GFLOP/s = {_f(mf['fraction_of_best_peak'], 3)} of the "
+        f"best peak ({_f(mf['fraction_of_median_peak'], 3)} of the median peak); PyTorch "
+        f"{_f(mf['achieved_gflops_torch'], 1)} GFLOP/s = {_f(mf['torch_fraction_of_torch_best_peak'], 3)} of "
+        "torch's own matmul peak.",
+    ]
+    tp = st["torch_parts_median_s"]
+    L += [
+        "",
+        "## Where the time goes",
+        "",
+        f"PyTorch step: forward {_f(tp['forward_s'])} s, backward {_f(tp['backward_s'])} s, clip + AdamW "
+        f"{_f(tp['optimizer_s'])} s.",
+    ]
+    if "breakdown_ours" in res:
+        b = res["breakdown_ours"]
+        L.append(
+            f"Ours (separately jitted pieces): forward {_f(b['forward_s'])} s (both forwards + losses), optimizer "
+            f"(clip + AdamW) {_f(b['optimizer_s'])} s, backward ≈ step − both = {_f(b['backward_s_estimate'])} s; "
+            f"host dispatch {b['dispatch_s'] * 1e3:.1f} ms."
+        )
+    a = ev["agreement"]
+    md = ev["median_s"]
+    L += [
+        "",
+        f"## TOFU eval ({ev['items']} forget01 questions, chat template, greedy, max_new_tokens "
+        f"{ev['max_new_tokens']}, one batch)",
+        "",
+        "| | ours median s | PyTorch median s | speed-up |",
+        "|---|---|---|---|",
+        f"| forward (probabilities) | {_f(md['ours_forward'], 3)} | {_f(md['torch_forward'], 3)} | "
+        f"{_f(ev['speedup_forward'])} |",
+        f"| greedy generation | {_f(md['ours_generate'], 3)} | {_f(md['torch_generate'], 3)} | "
+        f"{_f(ev['speedup_generate'])} |",
+        f"| total | {_f(md['ours_forward'] + md['ours_generate'], 3)} | "
+        f"{_f(md['torch_forward'] + md['torch_generate'], 3)} | {_f(ev['speedup_total'])} |",
+        "",
+        f"First calls (compile / warm-up): ours forward {_f(ev['first_call_s']['ours_forward_s'], 1)} s, generate "
+        f"{_f(ev['first_call_s']['ours_generate_s'], 1)} s; PyTorch forward "
+        f"{_f(ev['first_call_s']['torch_forward_s'], 1)} s, generate {_f(ev['first_call_s']['torch_generate_s'], 1)} s.",
+        f"Agreement of the greedy token ids: {_f(a['exact'] * 100, 1)}% of the sequences identical, "
+        f"{_f(a['token'] * 100, 1)}% of the tokens (common prefix / longer length); first divergence per item "
+        f"{a['first_divergence']}. Generated tokens: ours {ev['generated_tokens_ours']}, PyTorch "
+        f"{ev['generated_tokens_torch']}. Max |avg NLL ours − PyTorch| over items: {ev['max_abs_avg_loss_diff']:.1e}.",
+        "",
+        "## Peak host memory (ru_maxrss, MB)",
+        "",
+        "| | after load | through eval | training (one PDU state) | end |",
+        "|---|---|---|---|---|",
+        f"| ours (main process; includes transformers+torch imported by the tokenizer) | "
+        f"{_f(mem['ours_phases']['model_loaded'], 0)} | {_f(mem['ours_peak_through_eval'], 0)} | "
+        f"{_f(mem['ours_peak_one_training_state'], 0)} | {_f(mem['ours_peak_end'], 0)} (+ GradDiff state) |",
+        f"| PyTorch (worker process) | {_f(mem['torch_after_load'], 0)} | {_f(mem['torch_peak_through_eval'], 0)} | "
+        f"{_f(mem['torch_peak_training'], 0)} | {_f(mem['torch_peak_training'], 0)} |",
+        "",
+        f"Ours after imports + tokenizer: {_f(mem['ours_phases']['imports_and_tokenizer'], 0)} MB.",
+    ]
+    if "fsdp" in res and "error" not in res["fsdp"]:
+        fs = res["fsdp"]
+        rep = max(fs["replicated_per_device"].values())
+        L += [
+            "",
+            f"## FSDP on {fs['devices']} fake CPU devices (mesh (1, {fs['devices']}, 1))",
+            "",
+            f"Parameter bytes per device: replicated {rep / 2**20:.1f} MiB, FSDP max {fs['fsdp_max_per_device'] / 2**20:.1f} "
+            f"MiB (ideal {fs['ideal_per_device'] / 2**20:.1f}); {fs['replicated_leaves_under_fsdp']} leaves stay "
+            f"replicated under FSDP ({fs['replicated_bytes_under_fsdp'] / 2**10:.1f} KiB: norm scales). "
+            f"Ratio replicated / FSDP = {rep / fs['fsdp_max_per_device']:.2f}.",
+        ]
+    return "\n".join(L) + "\n"
+
+
+def write_results(res: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    j, m = out / "throughput.json", out / "throughput.md"
+    j.write_text(json.dumps(res, indent=2, default=str) + "\n")
+    m.write_text(markdown(res))
+    return j, m
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default=DEFAULT_MODEL, help="alias or HF folder (loaded by both sides)")
+    p.add_argument("--data", default=str(TOFU_DIR), help="TOFU JSONL folder")
+    p.add_argument("--batch", type=int, default=4, help="forget rows = retain rows per step (B)")
+    p.add_argument("--seq", type=int, default=128, help="padded length T")
+    p.add_argument("--reps", type=int, default=3, help="interleaved step repetitions")
+    p.add_argument("--eval-items", type=int, default=16)
+    p.add_argument("--eval-reps", type=int, default=3)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention")
+    p.add_argument("--mm-sizes", type=int, nargs="+", default=[1024, 2048])
+    p.add_argument("--lam0", type=float, default=1.0)
+    p.add_argument("--eps", type=float, default=1.0)
+    p.add_argument("--dual-lr", type=float, default=1.0)
+    p.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--out", default="results")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for k in ("batch", "seq", "reps", "eval_items", "eval_reps", "max_new_tokens"):
+        if getattr(args, k) < 1:
+            raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    res = run(args)
+    j, m = write_results(res, args.out)
+    print(markdown(res))
+    _log(f"wrote {j} and {m}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
