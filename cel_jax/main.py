@@ -49,8 +49,20 @@ def main(argv):
     if FLAGS["verbosity"].using_default_value:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     jax.config.config_with_absl()
+    _compilation_cache(jax)
     func = getattr(importlib.import_module(module), fn)
     return func(_CONFIG.value, FLAGS)
+
+
+def _compilation_cache(jax) -> None:
+    """Persistent XLA cache: a rerun of the same job skips compilation (CEL_JAX_XLA_CACHE="" disables)."""
+    import os
+    from pathlib import Path
+
+    path = os.environ.get("CEL_JAX_XLA_CACHE", str(Path.home() / ".cache" / "cel_jax" / "xla"))
+    if path:
+        jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 2.0)
 
 
 def run():

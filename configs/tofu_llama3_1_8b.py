@@ -3,10 +3,16 @@
 ε 0.3, 5 warm-start epochs, 30 epochs, lr 1e-5, wd 0.01, one warmup epoch, linear decay; target
 checkpoint `open-unlearning/tofu_Llama-3.1-8B-Instruct_full`.
 
-Mesh: FSDP over every chip (params, grads and AdamW state split (1, -1, 1) -> (data=1, fsdp=all, tensor=1));
-for 8B on 16/32 chips use --config.mesh.shape="(1,-1,1)" (FSDP only: the per-chip activation memory at
-batch 32 x 512 tokens is small, so tensor parallelism buys nothing but collectives); raise the data axis
-only when the global batch exceeds the chip count. Check the bytes per device first:
+Mesh (numbers from `cel-jax plan`: fp32 params + AdamW, bf16 compute, remat, PDU, 512 tokens):
+  16 chips: (1,16,1), FSDP over every chip: 13.4 GiB/chip at batch 32 (11.6 at 16). On v5e (16 GiB) NPO-style
+            methods add a 1.9 GiB reference copy and do not fit: use (1,8,2) at batch 16 (tensor parallel
+            within a host only; Llama-3's 8 KV heads allow tensor in {1,2,4,8}). On v4 (32 GiB):
+            (1,16,1) with remat=dots_with_no_batch_dims_saveable, 18.6 GiB.
+  32 chips: (1,32,1): 7.9 GiB/chip.
+FSDP first because params + optimizer state (16 bytes/param = 128 GB for 8B) dominate; activations at
+batch 32 x 512 are small, so tensor parallelism only adds collectives. Raise the data axis only when the
+global batch exceeds the chip count.
+Check the bytes per device first:
   cel-jax plan --config=configs/tofu_llama3_1_8b.py --config.mesh.shape="(1,16,1)"
 """
 
@@ -18,7 +24,7 @@ def get_config(split: str = "forget10"):
     retain = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
     c.model.name_or_path = "open-unlearning/tofu_Llama-3.1-8B-Instruct_full"
     c.model.dtype = "bfloat16"  # matmuls in bf16; params, optimizer state, losses and λ stay float32
-    c.model.remat = "dots_with_no_batch_dims_saveable"
+    c.model.remat = "full"  # the `cel-jax plan` numbers in the docstring assume full remat
     c.data.source = "locuslab/TOFU"
     c.data.forget_split = split
     c.data.retain_split = retain[split]

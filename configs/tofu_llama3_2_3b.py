@@ -3,10 +3,9 @@
 ε 0.3, 5 warm-start epochs, 10 epochs, lr 1e-5, wd 0.01, one warmup epoch, linear decay; target
 checkpoint `open-unlearning/tofu_Llama-3.2-3B-Instruct_full`.
 
-Mesh: FSDP over every chip (params, grads and AdamW state split (1, -1, 1) -> (data=1, fsdp=all, tensor=1));
-for 8B on 16/32 chips use --config.mesh.shape="(1,-1,1)" (FSDP only: the per-chip activation memory at
-batch 32 x 512 tokens is small, so tensor parallelism buys nothing but collectives); raise the data axis
-only when the global batch exceeds the chip count. Check the bytes per device first:
+Mesh: FSDP over every chip, (1,-1,1); check with `cel-jax plan` (fp32 params + AdamW are 48 GB for 3B,
+so at least 4 chips of 16 GiB).
+Check the bytes per device first:
   cel-jax plan --config=configs/tofu_llama3_2_3b.py --config.mesh.shape="(1,16,1)"
 """
 
@@ -18,7 +17,7 @@ def get_config(split: str = "forget10"):
     retain = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
     c.model.name_or_path = "open-unlearning/tofu_Llama-3.2-3B-Instruct_full"
     c.model.dtype = "bfloat16"  # matmuls in bf16; params, optimizer state, losses and λ stay float32
-    c.model.remat = "dots_with_no_batch_dims_saveable"
+    c.model.remat = "full"  # the `cel-jax plan` numbers in the docstring assume full remat
     c.data.source = "locuslab/TOFU"
     c.data.forget_split = split
     c.data.retain_split = retain[split]

@@ -321,3 +321,15 @@ def test_two_processes_killed_and_resumed_equal_one_process(model_dir, tmp_path)
         np.testing.assert_allclose(pa[k], pb[k], atol=1e-6)
     sa, sb = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("multi", "single"))
     assert sa["dual"] == pytest.approx(sb["dual"], abs=1e-6) and sa["resumed_from"] == 2
+
+
+def test_epoch_mode_updates_lambda_once_per_epoch(model_dir, tmp_path):
+    cfg = tiny_cfg(model_dir, max_steps=6, epochs=2, **{"dual.mode": "epoch", "dual.warmup_epochs": 1})
+    train.run(cfg, str(tmp_path))
+    log = rows(tmp_path)
+    by_epoch = {}
+    for r in log:
+        assert r["dual_next"] == r["dual"]  # never inside a step
+        by_epoch.setdefault(r["epoch"], set()).add(r["dual"])
+    assert by_epoch[0] == {1.0} and len(by_epoch[1]) == 1
+    assert by_epoch[1].pop() > 1.0  # retain loss (~6) above ε = 3 after epoch 0: λ rose once
