@@ -368,6 +368,9 @@ def run_fsdp_subprocess(model_name: str, fsdp: int = 8) -> dict:
     parent, child = ctx.Pipe()
     p = ctx.Process(target=_fsdp_child, args=(child, model_name, fsdp))
     p.start()
+    while not parent.poll(1.0):
+        if not p.is_alive():
+            return {"error": f"FSDP subprocess exited with code {p.exitcode}"}
     out = parent.recv()
     p.join()
     return out
@@ -561,6 +564,9 @@ class TorchWorker:
         self.info = self._recv()
 
     def _recv(self) -> dict:
+        while not self.conn.poll(1.0):
+            if not self.proc.is_alive():
+                raise RuntimeError(f"torch worker exited with code {self.proc.exitcode}")
         out = self.conn.recv()
         if "error" in out:
             raise RuntimeError(f"torch worker failed:\n{out['error']}")

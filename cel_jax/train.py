@@ -228,12 +228,10 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     ref_params = jax.tree.map(jnp.copy, params) if step_lib.needed_reference(spec) else None
     consts = {}
     if spec.method == "rmu":
-        hp = dict(spec.forget_hp)
         coeff = methods.resolve_hparams("rmu", _method_overrides(cfg))["steering_coeff"]
         consts["control_vec"] = methods.rmu_control_vector(
             jax.random.key(cfg.seed + 17), model_cfg.d_model, coeff
         )
-        del hp
 
     # ε: absolute, or relative to the reference model's retain loss (measured once, stored in the ckpt).
     mgr = checkpoint.manager(str(workdir), cfg.ckpt.every, cfg.ckpt.keep, cfg.ckpt.get("async_save", True))

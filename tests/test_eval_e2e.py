@@ -230,7 +230,7 @@ def test_muse_fixtures_end_to_end(tmp_path):
     names = set(driver.muse.MUSE_METRICS)
     assert set(summary) == names | {"max_items"} and names | {"mia_min_k"} <= set(logs)
     assert summary["privleak"] is None and "note" in logs["privleak"]
-    assert logs["mia_min_k"]["auc"] == summary.get("mia_min_k", logs["mia_min_k"]["agg_value"])
+    assert logs["mia_min_k"]["agg_value"] == logs["mia_min_k"]["auc"]  # privleak's pre-compute, logged
     for name in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE"):
         vbi = logs[name]["value_by_index"]
         assert len(vbi) == 5
@@ -247,6 +247,17 @@ def test_muse_fixtures_end_to_end(tmp_path):
     # the retrained model's logs: privleak = 0 against itself
     cfg2 = dict(cfg, retain_logs_path=str(tmp_path / "MUSE_EVAL.json"), metrics=("privleak",))
     assert driver.evaluate_muse(model, tok, cfg2, verbose=False)["summary"]["privleak"] == pytest.approx(0.0)
+
+
+def test_missing_inputs_are_reported_not_invented():
+    tok = make_tokenizer("llama3", pad=False)
+    cfg = dict(TOFU_OVERRIDES, metrics=("mia_reference",))
+    out = driver.evaluate_tofu(_tiny(tok), tok, cfg, verbose=False)  # no reference model: nothing to run
+    assert out["summary"] == {"mia_reference": None, "max_items": N}
+    assert "reference model" in out["logs"]["mia_reference"]["note"]
+    assert tofu.needed_sets(["forget_quality"]) == {"forget"}
+    assert tofu.needed_sets(["model_utility"]) == {"retain", "gen:retain", "ra", "gen:ra", "wf", "gen:wf"}
+    assert tofu.needed_sets(["privleak", "mia_gradnorm"]) == {"forget", "holdout", "gradnorm"}
 
 
 def test_bad_configs_fail_clearly():

@@ -163,18 +163,17 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
     cannot be computed (no retain logs, no reference model) get agg_value None and a "note"."""
     validate(cfg)
     names = list(cfg["metrics"])
-    need = needed_sets(names)
     timings: dict[str, float] = {}
     notes: dict[str, str] = {}
+    if "mia_reference" in names and ref_model is None:
+        notes["mia_reference"] = "no reference model (reference_model_path); OU requires one"
+    need = needed_sets([n for n in names if n not in notes])
     retain_logs = None
     if cfg["retain_logs_path"] and need & {"forget", "holdout"}:
         require = [
             k for k, m in (("forget_truth_ratio", "forget_quality"), ("mia_min_k", "privleak")) if m in names
         ]
         retain_logs = R.load_retain_logs(cfg["retain_logs_path"], require=require)
-    if "reference" in need and ref_model is None:
-        need.discard("reference")
-        notes["mia_reference"] = "no reference model (reference_model_path); OU requires one"
 
     t = time.perf_counter()
     rows = load_sets(cfg, need)
@@ -224,7 +223,9 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             timings[f"forward: {short}"] = time.perf_counter() - t
     if "holdout" in need:
         t = time.perf_counter()
-        stats["holdout"] = F.item_stats(model, holdout, pad, full=True, desc="holdout: MIA non-members", **kw)
+        stats["holdout"] = F.item_stats(
+            model, holdout, pad, full=want_full, desc="holdout: MIA non-members", **kw
+        )
         timings["forward: holdout"] = time.perf_counter() - t
 
     logs: dict[str, Any] = {}
@@ -268,7 +269,7 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
                 "no retain logs (retain_logs_path): the retain model's truth ratios are needed"
             )
 
-    if "holdout" in stats:
+    if "holdout" in stats and want_full:
         f_rows = [g[0] for g in stats["forget"]]
         logs.update(_mia_logs(tok, f_rows, stats["holdout"], forget_ans, holdout))
         if "privleak" in names:
