@@ -39,7 +39,8 @@ def _common() -> ml_collections.ConfigDict:
     c.export = True
     c.show_examples = False
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
-    c.eval = dict(enabled=False)
+    # Evaluate the final model in-process: `eval.overrides` are fields of configs/eval/<benchmark>.py
+    c.eval = dict(enabled=False, benchmark="tofu", overrides=dict(forget_split="forget01"))
     return c
 
 

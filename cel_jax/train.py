@@ -461,4 +461,11 @@ def _after(cfg, workdir, out) -> None:
     if cfg.get("eval") is not None and cfg.eval.get("enabled", False):
         from cel_jax.evaluation import driver
 
-        driver.evaluate_after_training(out["model"], out["tokenizer"], cfg.eval, Path(workdir) / "eval")
+        driver.evaluate(
+            cfg.eval.benchmark,
+            out["model"],
+            out["tokenizer"],
+            cfg.eval.overrides.to_dict(),
+            Path(workdir) / "eval",
+            model_name=str(Path(workdir) / "model"),
+        )

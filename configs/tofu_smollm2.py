@@ -21,4 +21,5 @@ def get_config(split: str = "forget01"):
     c.dual.lr = 5.0
     c.dual.eps = 0.3
     c.dual.warmup_epochs = 5
+    c.eval.overrides.forget_split = split  # --config.eval.enabled=True evaluates the result in-process
     return c
