@@ -85,7 +85,8 @@ def test_tofu_files_names_and_layout(tofu_runs):
     logs, summary = _read(root / "run1" / "TOFU_EVAL.json"), _read(root / "run1" / "TOFU_SUMMARY.json")
     meta = _read(root / "run1" / "TOFU_META.json")
     assert set(summary) == set(tofu.TOFU_METRICS) | {"max_items"}
-    assert summary["max_items"] == N and meta["max_items"] == N and meta["timings_s"]
+    assert summary["max_items"] == N and meta["max_items"] == N
+    assert set(meta["timings"]["total"]) == {"wall_s", "cpu_s"} and "generation (ROUGE)" in meta["timings"]
     assert set(tofu.TOFU_METRICS) <= set(logs)
     assert {"ra_Q_A_PERT_Prob", "wf_Q_A_PERT_Prob"} <= set(logs)  # OU logs its pre-computes too
     assert list(logs) == sorted(logs)

@@ -166,7 +166,12 @@ def test_run_same_command_on_every_host_with_env_passed_through(env, tmp_path):
     env.update(
         XLA_FLAGS="--xla_a=1 --b='q' $NOT_EXPANDED", HF_TOKEN="", PASS_ENV="XLA_FLAGS HF_TOKEN UNSET_VAR"
     )
-    args = ["unlearn", "--config=configs/tofu_llama3_1_8b.py", "--config.mesh.shape=(1,16,1)", "--config.x=a b"]
+    args = [
+        "unlearn",
+        "--config=configs/tofu_llama3_1_8b.py",
+        "--config.mesh.shape=(1,16,1)",
+        "--config.x=a b",
+    ]
     (cmd,) = commands(sh(SCRIPTS / "run.sh", "--dry-run", *args, env=env).stdout)
     worker, remote = ssh_target(cmd)
     assert worker == "all"  # one ssh: the same command line on every host, started at once

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 import math
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -52,6 +53,20 @@ def key_mask(ids: np.ndarray, pad_id: int, compat: bool) -> np.ndarray:
     """Mask of the real tokens `ids`: all ones, or with `compat` the reference's `ids != pad_id`."""
     ids = np.asarray(ids)
     return (ids != pad_id).astype(np.int32) if compat else np.ones(ids.shape, np.int32)
+
+
+def clock() -> tuple[float, float]:
+    """Start of a timed section: (wall, process CPU) seconds."""
+    return time.perf_counter(), time.process_time()
+
+
+def elapsed(start: tuple[float, float]) -> dict[str, float]:
+    """Wall and process-CPU seconds (all threads of this process) since `clock()`; CPU time is the
+    measure that does not depend on how busy a shared machine is."""
+    return {
+        "wall_s": round(time.perf_counter() - start[0], 2),
+        "cpu_s": round(time.process_time() - start[1], 2),
+    }
 
 
 def _progress(total: int, desc: str, enabled: bool):

@@ -12,7 +12,6 @@ Data: `muse-bench/MUSE-News` / `MUSE-Books` on the hub, or a local folder of `<c
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -87,7 +86,7 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
         r = D.load_muse(src, config, split)
         return r[:n] if (n and cut) else r
 
-    t = time.perf_counter()
+    t = F.clock()
     max_len = int(cfg["max_length"])
     template = D.make_template(cfg["template"])
     too_long = "error" if template.apply_chat_template else "truncate"  # OU truncates only tag prompts
@@ -113,7 +112,7 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             s: [D.encode_completion(tok, "", r["text"], max_length=max_len) for r in rows("privleak", s)]
             for s in ("forget", "holdout")
         }
-    timings["data + tokenisation"] = time.perf_counter() - t
+    timings["data + tokenisation"] = F.elapsed(t)
 
     logs: dict[str, Any] = {}
     kw = dict(
@@ -130,7 +129,7 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
         progress=bool(cfg["progress"]),
     )
     if "forget_verbmem_ROUGE" in names:
-        t = time.perf_counter()
+        t = F.clock()
         items = [
             D.encode_completion(
                 tok, r["prompt"], r["gt"], max_length=max_len, insert_space=True, generate=True
@@ -145,9 +144,9 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             **gkw,
         )
         logs["forget_verbmem_ROUGE"] = M.rouge_result(*F.rouge_texts(tok, items, outs), "rougeL_f1")
-        timings["generation: verbmem"] = time.perf_counter() - t
+        timings["generation: verbmem"] = F.elapsed(t)
     if knowmem:
-        t = time.perf_counter()
+        t = F.clock()
         order = list(knowmem)
         flat = [it for s in order for it in knowmem[s]]
         outs = F.generate_ids(
@@ -163,9 +162,9 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             texts = F.rouge_texts(tok, items, outs[start : start + len(items)], tuple(cfg["stopwords"]))
             logs[f"{s}_knowmem_ROUGE"] = M.rouge_result(*texts, "rougeL_f1")
             start += len(items)
-        timings["generation: knowmem"] = time.perf_counter() - t
+        timings["generation: knowmem"] = F.elapsed(t)
     if need_verbmem_fwd:
-        t = time.perf_counter()
+        t = F.clock()
         items = [
             D.encode_completion(tok, r["prompt"], r["gt"], max_length=max_len, insert_space=True)
             for r in verbmem
@@ -175,9 +174,9 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
         )
         logs["exact_memorization"] = M.score_result([M.exact_memorization_score(r["correct"]) for r in st])
         logs["extraction_strength"] = M.score_result([M.extraction_strength_score(r["correct"]) for r in st])
-        timings["forward: verbmem"] = time.perf_counter() - t
+        timings["forward: verbmem"] = F.elapsed(t)
     if need_mia:
-        t = time.perf_counter()
+        t = F.clock()
         scores = {
             s: [
                 M.min_k_score(r["token_logp"])
@@ -192,5 +191,5 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             )
             if retain_logs is None and cfg["compat"]:
                 logs["privleak"]["note"] = "compat: no retain logs, OU's fallback reference AUC 0.5 used"
-        timings["forward: privleak"] = time.perf_counter() - t
+        timings["forward: privleak"] = F.elapsed(t)
     return logs, timings

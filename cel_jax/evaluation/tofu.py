@@ -10,7 +10,6 @@ use `question`. Metric definitions: ../shared/reference/evaluation.md §2.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -175,7 +174,7 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
         ]
         retain_logs = R.load_retain_logs(cfg["retain_logs_path"], require=require)
 
-    t = time.perf_counter()
+    t = F.clock()
     rows = load_sets(cfg, need)
     template = D.make_template(cfg["template"])
     if template.apply_chat_template and cfg["system_prompt"] is not None:
@@ -200,7 +199,7 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             gen_items[short] = [enc(q_of(r), r["answer"], generate=True) for r in rows[short]]
     forget_ans = [enc(r[qk], r["answer"]) for r in rows.get("forget", [])]
     holdout = [enc(r["question"], r["answer"]) for r in rows.get("holdout", [])]
-    timings["data + tokenisation"] = time.perf_counter() - t
+    timings["data + tokenisation"] = F.elapsed(t)
 
     kw = dict(
         batch_size=int(cfg["batch_size"]),
@@ -217,16 +216,16 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
         ("wf", "world facts: Q_A_Prob, normalised, truth ratio"),
     ):
         if short in groups:
-            t = time.perf_counter()
+            t = F.clock()
             n_full = int(want_full) if short == "forget" else 0
             stats[short] = F.group_stats(model, groups[short], pad, n_full=n_full, desc=desc, **kw)
-            timings[f"forward: {short}"] = time.perf_counter() - t
+            timings[f"forward: {short}"] = F.elapsed(t)
     if "holdout" in need:
-        t = time.perf_counter()
+        t = F.clock()
         stats["holdout"] = F.item_stats(
             model, holdout, pad, full=want_full, desc="holdout: MIA non-members", **kw
         )
-        timings["forward: holdout"] = time.perf_counter() - t
+        timings["forward: holdout"] = F.elapsed(t)
 
     logs: dict[str, Any] = {}
     for short in ("forget", "retain", "ra", "wf"):
@@ -234,7 +233,7 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             logs.update(_qa_logs(short, stats[short], has_para="paraphrased_answer" in rows[short][0]))
 
     if gen_items:
-        t = time.perf_counter()
+        t = F.clock()
         order = [s for s in ("forget", "retain", "ra", "wf") if s in gen_items]
         flat = [it for s in order for it in gen_items[s]]
         outs = F.generate_ids(
@@ -254,7 +253,7 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             gts, gens, inputs = F.rouge_texts(tok, items, outs[start : start + len(items)])
             logs[f"{s}_Q_A_ROUGE"] = M.rouge_result(gts, gens, inputs, "rougeL_recall")
             start += len(items)
-        timings["generation (ROUGE)"] = time.perf_counter() - t
+        timings["generation (ROUGE)"] = F.elapsed(t)
 
     if "model_utility" in names:
         logs["model_utility"] = M.model_utility_result(
@@ -284,7 +283,7 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
         logs["extraction_strength"] = M.score_result([M.extraction_strength_score(c) for c in correct])
 
     if "gradnorm" in need:
-        t = time.perf_counter()
+        t = F.clock()
         scores = F.gradnorm_scores(
             model,
             forget_ans + holdout,
@@ -294,10 +293,10 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             progress=bool(cfg["progress"]),
         )
         logs["mia_gradnorm"] = M.mia_result(scores[: len(forget_ans)], scores[len(forget_ans) :])
-        timings["mia_gradnorm"] = time.perf_counter() - t
+        timings["mia_gradnorm"] = F.elapsed(t)
 
     if "reference" in need:
-        t = time.perf_counter()
+        t = F.clock()
         f_ref = F.item_stats(ref_model, forget_ans, pad, desc="mia_reference: forget (reference model)", **kw)
         h_ref = F.item_stats(ref_model, holdout, pad, desc="mia_reference: holdout (reference model)", **kw)
         f_rows, h_rows = [g[0] for g in stats["forget"]], stats["holdout"]
@@ -305,7 +304,7 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             [M.reference_score(a["avg_loss"], b["avg_loss"]) for a, b in zip(f_rows, f_ref, strict=True)],
             [M.reference_score(a["avg_loss"], b["avg_loss"]) for a, b in zip(h_rows, h_ref, strict=True)],
         )
-        timings["mia_reference"] = time.perf_counter() - t
+        timings["mia_reference"] = F.elapsed(t)
 
     for name, note in notes.items():
         if name in names:
