@@ -128,7 +128,9 @@ def _pad(items: Sequence[dict], pad_id: int, length: int) -> dict[str, np.ndarra
     return pad_items(items, pad_id, length=length)
 
 
-def train_batch(tok, forget_rows: Sequence[dict], retain_rows: Sequence[dict], batch: int, seq_len: int) -> dict:
+def train_batch(
+    tok, forget_rows: Sequence[dict], retain_rows: Sequence[dict], batch: int, seq_len: int
+) -> dict:
     """{"forget": {...}, "retain": {...}} of int32 [1, B, T] arrays (M = 1), right padded to seq_len, labels
     IGNORE on the prompt, formatted exactly like training (cel_jax.data.encode_qa, chat template)."""
     from cel_jax import data
@@ -294,6 +296,124 @@ def jax_breakdown(st: dict, batch: dict, reps: int) -> dict:
     return out
 
 
+def answer_capacity(batch: dict, multiple: int = 32) -> int:
+    """Rows that predict an answer token (labels[:, 1:] != IGNORE), max over the parts, rounded up."""
+    n = max(int(np.sum(p["labels"][:, :, 1:] != IGNORE, axis=(1, 2)).max()) for p in batch.values())
+    return max(multiple, -(-n // multiple) * multiple)
+
+
+def _hidden_BTD(model, part: dict):
+    """Llama.__call__ up to (not including) the final norm and the LM head (arange positions)."""
+    import jax.numpy as jnp
+
+    from cel_jax.model.config import rope_inv_freq
+    from cel_jax.model.llama import rope_cos_sin
+
+    ids_BT, mask_BT = part["input_ids"], part["attention_mask"]
+    B, T = ids_BT.shape
+    mask_BTS = jnp.tril(jnp.ones((T, T), bool))[None] & mask_BT.astype(bool)[:, None, :]
+    cos, sin = rope_cos_sin(jnp.broadcast_to(jnp.arange(T), (B, T)), jnp.asarray(rope_inv_freq(model.cfg)))
+    x_BTD = model.embed_tokens(ids_BT)
+    for layer in model.layers:
+        x_BTD = layer(x_BTD, cos, sin, mask_BTS)[0]
+    return x_BTD
+
+
+def _answer_logits(model, part: dict, cap: int):
+    """LM head on the (at most cap) rows that predict answer tokens: (logits_CV, targets_C, valid_C)."""
+    import jax.numpy as jnp
+
+    x_BtD = _hidden_BTD(model, part)[:, :-1]
+    x_ND = x_BtD.reshape(-1, x_BtD.shape[-1])
+    tgt_N = part["labels"][:, 1:].reshape(-1)
+    valid_N = tgt_N != IGNORE
+    idx_C = jnp.nonzero(valid_N, size=cap, fill_value=0)[0]
+    valid_C = jnp.arange(cap) < jnp.sum(valid_N)
+    return model.unembed(x_ND[idx_C]), jnp.where(valid_C, tgt_N[idx_C], 0), valid_C
+
+
+def answer_rows_pdu_step(state, batch, hp, *, graphdef, tx, cap: int):
+    """PROTOTYPE (M = 1, dual mode "step"): the PDU step with the same Lagrangian (logit margin, token mean
+    CE, λ, ε), but the LM head and both losses run only on the rows that predict answer tokens (a static
+    capacity `cap` per part) instead of all B·T rows. Not part of cel_jax."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from cel_jax import dual as dual_lib
+    from cel_jax import losses
+
+    mb = jax.tree.map(lambda x: x[0], batch)
+
+    def objective(params):
+        model = nnx.merge(graphdef, params)
+        z_f, _, v_f = _answer_logits(model, mb["forget"], cap)
+        l_f = losses.masked_mean(losses.margin_sq(z_f), v_f)
+        z_r, t_r, v_r = _answer_logits(model, mb["retain"], cap)
+        z_r = z_r.astype(jnp.float32)
+        nll_C = jax.nn.logsumexp(z_r, axis=-1) - jnp.take_along_axis(z_r, t_r[:, None], axis=-1)[:, 0]
+        l_r = losses.masked_mean(nll_C, v_r)
+        return dual_lib.lagrangian(l_f, l_r, state.dual, state.eps), l_r
+
+    (loss, l_r), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    lam = dual_lib.dual_update(state.dual, l_r, state.eps, hp["dual_lr"], hp["dual_active"], hp["lam_max"])
+    new = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state, dual=lam
+    )
+    return new, {"loss": loss, "retain_loss": l_r}
+
+
+def make_answer_rows_step(st: dict, params, batch: dict) -> dict:
+    """The prototype on its own copy of the parameters, with the optimizer and λ, ε of `st` (a PDU step)."""
+    import functools
+
+    import jax
+
+    cap = answer_capacity(batch)
+    s0 = st["state"]
+    scalars = {k: getattr(s0, k).copy() for k in ("step", "dual", "eps", "rng")}  # donation: own buffers
+    state = s0.replace(params=params, opt_state=st["tx"].init(params), **scalars)
+    fn = jax.jit(
+        lambda s, b, hp, r, c: functools.partial(
+            answer_rows_pdu_step, graphdef=st["graphdef"], tx=st["tx"], cap=cap
+        )(s, b, hp),
+        donate_argnums=0,
+    )
+    return {"fn": fn, "state": state, "hp": st["hp"], "cap": cap, "graphdef": st["graphdef"], "tx": st["tx"]}
+
+
+def loss_head_times(batch: int, seq_len: int, vocab: int, reps: int = 5) -> dict:
+    """Value and gradient w.r.t. [B, T, V] logits of the forget term alone, PDU's logit margin vs GradDiff's
+    negated CE (cel_jax.methods.forget_loss), jitted, interleaved: the only work in which the two steps
+    differ (both have the same retain CE and the same model). Medians in seconds."""
+    import jax
+    import jax.numpy as jnp
+
+    from cel_jax import methods
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    logits_BTV = 3.0 * jax.random.normal(k1, (batch, seq_len, vocab), jnp.float32)
+    labels_BT = jax.random.randint(k2, (batch, seq_len), 0, vocab)
+    labels_BT = labels_BT.at[:, : seq_len // 2].set(IGNORE)
+
+    def head(name):
+        loss = lambda z: methods.forget_loss(name, {"forget_logits": z, "forget_labels": labels_BT})[0]
+        return jax.jit(jax.value_and_grad(loss))
+
+    fns = {"pdu": head("pdu"), "grad_diff": head("grad_diff")}
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        jax.block_until_ready(f(logits_BTV))
+    for r in range(reps):
+        for k in _rotate(list(fns), r):
+            times[k].append(timed(lambda k=k: jax.block_until_ready(fns[k](logits_BTV)))[1])
+    out = {f"{k}_s": median(v) for k, v in times.items()}
+    out["delta_s"] = out["pdu_s"] - out["grad_diff_s"]
+    return out
+
+
 def jax_eval(model, items, prompts, pad_id: int, eos_ids, max_new_tokens: int) -> dict:
     """The evaluation's own paths: forward.item_stats (probabilities) and forward.generate_ids."""
     from cel_jax.evaluation import forward
@@ -302,7 +422,12 @@ def jax_eval(model, items, prompts, pad_id: int, eos_ids, max_new_tokens: int) -
     stats, t_f = timed(lambda: forward.item_stats(model, items, pad_id, batch_size=n, progress=False))
     outs, t_g = timed(
         lambda: forward.generate_ids(
-            model, prompts, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=max_new_tokens, batch_size=n,
+            model,
+            prompts,
+            eos_ids=eos_ids,
+            pad_id=pad_id,
+            max_new_tokens=max_new_tokens,
+            batch_size=n,
             progress=False,
         )
     )
@@ -377,7 +502,9 @@ def run_fsdp_subprocess(model_name: str, fsdp: int = 8) -> dict:
 
 
 # ============================================================================================ PyTorch side
-def torch_setup(folder: str, *, threads: int, attn: str = "sdpa", lr: float = 1e-5, weight_decay: float = 0.01):
+def torch_setup(
+    folder: str, *, threads: int, attn: str = "sdpa", lr: float = 1e-5, weight_decay: float = 0.01
+):
     """transformers' LlamaForCausalLM (fp32) + torch AdamW, matrices decayed (HF Trainer's grouping)."""
     import torch
     from transformers import LlamaForCausalLM
@@ -417,7 +544,10 @@ def torch_pdu_step(model, opt, batch: dict, lam: float, eps: float, dual_lr: flo
     losses, l_rs = [], []
     for m in range(M):
         ta = time.perf_counter()
-        tens = {k: {n: torch.from_numpy(np.asarray(v[m], np.int64)) for n, v in p.items()} for k, p in batch.items()}
+        tens = {
+            k: {n: torch.from_numpy(np.asarray(v[m], np.int64)) for n, v in p.items()}
+            for k, p in batch.items()
+        }
         tf, tr = tens["forget"], tens["retain"]
         logits = model(input_ids=tf["input_ids"], attention_mask=tf["attention_mask"]).logits
         l_f = torch_logit_margin(logits, tf["labels"])
@@ -450,7 +580,9 @@ def torch_forward_probs(model, items: Sequence[dict], pad_id: int) -> tuple[list
     p = _pad(items, pad_id, n)
     with torch.no_grad():
         ids = torch.from_numpy(p["input_ids"].astype(np.int64))
-        logits = model(input_ids=ids, attention_mask=torch.from_numpy(p["attention_mask"].astype(np.int64))).logits
+        logits = model(
+            input_ids=ids, attention_mask=torch.from_numpy(p["attention_mask"].astype(np.int64))
+        ).logits
         lab = torch.from_numpy(p["labels"].astype(np.int64))[:, 1:]
         logp = torch.log_softmax(logits[:, :-1].float(), -1)
         mask = lab != IGNORE
@@ -504,8 +636,25 @@ def torch_matmul_peak(sizes: Sequence[int] = (1024, 2048), reps: int = 3) -> dic
     return {"gflops": out, "peak": max(out.values())}
 
 
-def _torch_worker(conn, folder: str, threads: int, attn: str, lam0: float, eps: float, dual_lr: float) -> None:
-    """Subprocess loop: ("step" | "forward" | "generate" | "matmul" | "rss" | "stop", kwargs) -> dict."""
+def torch_forward_time(model, part: dict) -> float:
+    """Seconds of one no-grad forward of a [1, B, T] batch part (thread-policy comparison)."""
+    import torch
+
+    with torch.no_grad():
+        ids = torch.from_numpy(np.asarray(part["input_ids"][0], np.int64))
+        mask = torch.from_numpy(np.asarray(part["attention_mask"][0], np.int64))
+        return timed(lambda: model(input_ids=ids, attention_mask=mask))[1]
+
+
+def _torch_worker(
+    conn, folder: str, threads: int, attn: str, lam0: float, eps: float, dual_lr: float, omp_wait: str
+) -> None:
+    """Subprocess loop: ("step" | "forward" | "forward_batch" | "generate" | "matmul" | "rss" | "stop",
+    kwargs) -> dict. `omp_wait` sets OMP_WAIT_POLICY before torch (and its OpenMP runtime) loads."""
+    if omp_wait != "default":
+        os.environ["OMP_WAIT_POLICY"] = omp_wait
+    else:
+        os.environ.pop("OMP_WAIT_POLICY", None)
     try:
         rss0 = maxrss_mb()
         (model, opt), t_load = timed(lambda: torch_setup(folder, threads=threads, attn=attn))
@@ -519,6 +668,7 @@ def _torch_worker(conn, folder: str, threads: int, attn: str, lam0: float, eps: 
                 "maxrss_mb": maxrss_mb(),
                 "attn_implementation": model.config._attn_implementation,
                 "torch_threads": torch.get_num_threads(),
+                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (libgomp: spin, then sleep)"),
             }
         )
     except Exception:  # noqa: BLE001
@@ -537,8 +687,12 @@ def _torch_worker(conn, folder: str, threads: int, attn: str, lam0: float, eps: 
                 avg, s = torch_forward_probs(model, kw["items"], kw["pad_id"])
                 out = {"seconds": s, "avg_loss": avg}
             elif cmd == "generate":
-                ids, s = torch_generate(model, kw["prompts"], kw["eos_ids"], kw["pad_id"], kw["max_new_tokens"])
+                ids, s = torch_generate(
+                    model, kw["prompts"], kw["eos_ids"], kw["pad_id"], kw["max_new_tokens"]
+                )
                 out = {"seconds": s, "ids": ids}
+            elif cmd == "forward_batch":
+                out = {"seconds": torch_forward_time(model, kw["part"])}
             elif cmd == "matmul":
                 out = torch_matmul_peak(kw.get("sizes", (1024, 2048)))
             elif cmd == "rss":
@@ -554,11 +708,15 @@ def _torch_worker(conn, folder: str, threads: int, attn: str, lam0: float, eps: 
 class TorchWorker:
     """The PyTorch side in its own process (separate ru_maxrss; never imports JAX)."""
 
-    def __init__(self, folder: str, threads: int, attn: str, lam0: float, eps: float, dual_lr: float):
+    def __init__(
+        self, folder: str, threads: int, attn: str, lam0: float, eps: float, dual_lr: float, omp_wait: str
+    ):
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
-            target=_torch_worker, args=(child, folder, threads, attn, lam0, eps, dual_lr), daemon=True
+            target=_torch_worker,
+            args=(child, folder, threads, attn, lam0, eps, dual_lr, omp_wait),
+            daemon=True,
         )
         self.proc.start()
         self.info = self._recv()
@@ -587,73 +745,111 @@ def _log(msg: str) -> None:
     print(f"[throughput {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
+def _rotate(xs: list, k: int) -> list:
+    """xs rotated by k: repetition k runs the contenders in a different order (no fixed position bias)."""
+    k %= len(xs)
+    return xs[k:] + xs[:k]
+
+
+def _peaks(samples: Sequence[dict]) -> dict:
+    return {"best": max(p["peak"] for p in samples), "median": median([p["peak"] for p in samples])}
+
+
 def run(args: argparse.Namespace) -> dict:
     """The whole benchmark; returns the results dict (written by `write_results`)."""
     t_start = time.time()
     res: dict[str, Any] = {"command": command_line(args), "loadavg_start": loadavg(), "args": vars(args)}
     rss: dict[str, float] = {"start": maxrss_mb()}
-    import jax
-
     from cel_jax import data, hf_io
-    from cel_jax import generate as gen
 
     res["machine"] = machine_info()
     folder = str(hf_io.resolve(args.model))
     tok = hf_io.load_tokenizer(folder)
     rss["imports_and_tokenizer"] = maxrss_mb()
-    pad_id = data.pad_id_of(tok)
     tofu = Path(args.data)
     forget = read_jsonl(tofu / "forget01.jsonl")
-    retain = read_jsonl(tofu / "full.jsonl")[:400]
-    batch = train_batch(tok, forget, retain, args.batch, args.seq)
+    batch = train_batch(tok, forget, read_jsonl(tofu / "full.jsonl")[:400], args.batch, args.seq)
     items, prompts = eval_items(tok, forget[: args.eval_items])
 
     _log("starting the PyTorch worker")
-    threads = os.cpu_count() or 1
-    worker = TorchWorker(folder, threads, args.attn, args.lam0, args.eps, args.dual_lr)
+    threads = args.torch_threads or os.cpu_count() or 1
+    worker = TorchWorker(folder, threads, args.attn, args.lam0, args.eps, args.dual_lr, args.omp_wait)
     res["torch_info"] = dict(worker.info)
     _log("loading our model")
     (model, _), t_load = timed(lambda: hf_io.load_pretrained(folder, with_tokenizer=False))
     rss["model_loaded"] = maxrss_mb()
     res["load_s"] = {"ours": t_load, "torch": worker.info["load_s"]}
-    cfg = model.cfg
-    n_rows = 2 * args.batch
-    flops = model_flops(cfg, n_rows, args.seq)
-    res["shapes"] = {"M": 1, "B_forget": args.batch, "B_retain": args.batch, "T": args.seq, "tokens": flops["tokens"]}
+    flops = model_flops(model.cfg, 2 * args.batch, args.seq)
+    res["shapes"] = {"M": 1, "B_forget": args.batch, "B_retain": args.batch, "T": args.seq}
+    res["shapes"]["tokens"] = flops["tokens"]
     res["flops_formula"] = "6*N*tokens + 12*L*T*(n_heads*head_dim)*tokens; tokens = M*(B_f+B_r)*T (padded)"
     res["flops"] = flops
+    try:
+        res["eval"] = phase_eval(model, tok, worker, items, prompts, data.pad_id_of(tok), args)
+        rss["after_eval"] = maxrss_mb()
+        res["torch_rss_after_eval"] = worker("rss")["maxrss_mb"]
+        res.update(phase_steps(model, worker, batch, flops, rss, args))
+        if args.omp_compare:
+            _log("torch thread-policy check: libgomp's default wait policy (second worker)")
+            res["omp_compare"] = omp_compare(worker, folder, threads, args, batch["retain"])
+    finally:
+        res["torch_final"] = worker.close()
+    rss["end"] = maxrss_mb()
+    res["memory_mb"] = {
+        "ours_phases": rss,
+        "ours_peak_through_eval": rss["after_eval"],
+        "ours_peak_one_training_state": rss["after_pdu_warmup"],
+        "ours_peak_end": rss["end"],
+        "torch_after_load": res["torch_info"]["maxrss_mb"],
+        "torch_peak_through_eval": res["torch_rss_after_eval"],
+        "torch_peak_training": res["torch_final"]["maxrss_mb"],
+        "how": "ru_maxrss of each process (ours: this process; PyTorch: its own spawned worker process)",
+    }
+    if args.fsdp:
+        _log("FSDP bytes per device (subprocess, 8 fake CPU devices)")
+        res["fsdp"] = run_fsdp_subprocess(folder, 8)
+    res["loadavg_end"] = loadavg()
+    res["wall_s"] = time.time() - t_start
+    res["goals"] = goal_table(res)
+    return res
 
-    # ---------------------------------------------------------------------------- (4) TOFU eval
+
+def phase_eval(model, tok, worker: TorchWorker, items, prompts, pad_id: int, args) -> dict:
+    """(4): first calls (compile / warm-up), then interleaved repetitions of forward + generation."""
+    from cel_jax import generate as gen
+
     _log("eval: first calls (compile / warm-up)")
     eos_ids = gen.eos_token_ids(model, tok)
-    first = {}
-    ours_eval, first["ours_total_s"] = timed(
-        lambda: jax_eval(model, items, prompts, pad_id, eos_ids, args.max_new_tokens)
+    ours = lambda: jax_eval(model, items, prompts, pad_id, eos_ids, args.max_new_tokens)
+    t_fwd = lambda: worker("forward", items=items, pad_id=pad_id)
+    t_gen = lambda: worker(
+        "generate", prompts=prompts, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=args.max_new_tokens
     )
-    first["ours_forward_s"], first["ours_generate_s"] = ours_eval["forward_s"], ours_eval["generate_s"]
-    tf = worker("forward", items=items, pad_id=pad_id)
-    tg = worker("generate", prompts=prompts, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=args.max_new_tokens)
-    first["torch_forward_s"], first["torch_generate_s"] = tf["seconds"], tg["seconds"]
-    ev = {"ours_forward": [], "ours_generate": [], "torch_forward": [], "torch_generate": [], "loadavg": []}
+    first_ours, tf, tg = ours(), t_fwd(), t_gen()
+    first = {
+        "ours_forward_s": first_ours["forward_s"],
+        "ours_generate_s": first_ours["generate_s"],
+        "torch_forward_s": tf["seconds"],
+        "torch_generate_s": tg["seconds"],
+    }
+    ev: dict[str, list] = {
+        k: [] for k in ("ours_forward", "ours_generate", "torch_forward", "torch_generate")
+    }
+    ev["loadavg"] = []
     for rep in range(args.eval_reps):
         _log(f"eval rep {rep + 1}/{args.eval_reps}")
         for side in _rotate(["ours", "torch"], rep):
             if side == "ours":
-                o = jax_eval(model, items, prompts, pad_id, eos_ids, args.max_new_tokens)
+                o = ours()
                 ev["ours_forward"].append(o["forward_s"])
                 ev["ours_generate"].append(o["generate_s"])
             else:
-                ev["torch_forward"].append(worker("forward", items=items, pad_id=pad_id)["seconds"])
-                g = worker(
-                    "generate", prompts=prompts, eos_ids=eos_ids, pad_id=pad_id, max_new_tokens=args.max_new_tokens
-                )
-                ev["torch_generate"].append(g["seconds"])
+                ev["torch_forward"].append(t_fwd()["seconds"])
+                ev["torch_generate"].append(t_gen()["seconds"])
         ev["loadavg"].append(loadavg()[0])
     med = {k: median(v) for k, v in ev.items() if k != "loadavg"}
-    ours_t = med["ours_forward"] + med["ours_generate"]
-    torch_t = med["torch_forward"] + med["torch_generate"]
-    n_gen = sum(len(x) for x in ours_eval["ids"])
-    res["eval"] = {
+    diff = np.asarray(first_ours["avg_loss"], float) - np.asarray(tf["avg_loss"], float)
+    return {
         "items": len(items),
         "max_new_tokens": args.max_new_tokens,
         "first_call_s": first,
@@ -661,46 +857,42 @@ def run(args: argparse.Namespace) -> dict:
         "median_s": med,
         "speedup_forward": med["torch_forward"] / med["ours_forward"],
         "speedup_generate": med["torch_generate"] / med["ours_generate"],
-        "speedup_total": torch_t / ours_t,
-        "generated_tokens_ours": n_gen,
+        "speedup_total": (med["torch_forward"] + med["torch_generate"])
+        / (med["ours_forward"] + med["ours_generate"]),
+        "generated_tokens_ours": sum(len(x) for x in first_ours["ids"]),
         "generated_tokens_torch": sum(len(x) for x in tg["ids"]),
-        "agreement": agreement(ours_eval["ids"], tg["ids"]),
-        "max_abs_avg_loss_diff": float(
-            np.max(np.abs(np.asarray(ours_eval["avg_loss"], float) - np.asarray(tf["avg_loss"], float)))
-        ),
+        "agreement": agreement(first_ours["ids"], tg["ids"]),
+        "max_abs_avg_loss_diff": float(np.max(np.abs(diff))),
     }
-    rss["after_eval"] = maxrss_mb()
-    res["torch_rss_after_eval"] = worker("rss")["maxrss_mb"]
 
-    # ---------------------------------------------------------------------------- (1)-(3) steps
+
+def phase_steps(model, worker: TorchWorker, batch: dict, flops: dict, rss: dict, args) -> dict:
+    """(1)-(3): compile, warm up, then interleaved PDU / PyTorch / GradDiff steps and matmul peaks.
+    The model's arrays become the PDU state's parameters, donated by the first step: `model` is dead after."""
+    import jax
+
     _log("PDU step: compile")
     pdu = make_jax_step(model, "pdu", "primal_dual", lam0=args.lam0, eps=args.eps, dual_lr=args.dual_lr)
-    del model  # its arrays are the PDU state's parameters, donated by the first step
     comp = {"pdu": compile_step(pdu, batch)}
-    warm = {}
-    _log("PDU step: warm-up (first run)")
+    _log("PDU step and PyTorch step: warm-up (first runs, same weights and batch)")
+    warm: dict[str, float] = {}
     warm["pdu_first_step_s"], _, warm["pdu_first_loss"] = run_step(pdu, batch)
-    _log("PyTorch step: warm-up")
     t0 = worker("step", batch=batch)
     warm["torch_first_step_s"], warm["torch_first_loss"] = t0["seconds"], t0["loss"]
     warm["first_loss_rel_diff"] = abs(warm["pdu_first_loss"] - t0["loss"]) / max(abs(t0["loss"]), 1e-12)
     rss["after_pdu_warmup"] = maxrss_mb()
-    res["torch_rss_after_step_warmup"] = t0["maxrss_mb"]
 
     _log("GradDiff step: compile")
-    gd_params = jax.tree.map(lambda x: x.copy(), pdu["state"].params)
-    gd = make_jax_step_from(pdu, gd_params, args)
+    gd = make_jax_step(
+        model, "grad_diff", "scalarized", eps=args.eps, params=jax.tree.map(jnp_copy, pdu["state"].params)
+    )
     comp["grad_diff"] = compile_step(gd, batch)
-    warm["grad_diff_first_step_s"] = run_step(gd, batch)[0]
-    res["compile"] = comp
-    res["warmup"] = warm
 
-    _log("matmul peak (first)")
     peaks = {"jax": [jax_matmul_peak(args.mm_sizes)], "torch": [worker("matmul", sizes=args.mm_sizes)]}
-    S: dict[str, list] = {k: [] for k in ("pdu", "grad_diff", "torch", "pdu_dispatch", "gd_dispatch", "loadavg")}
-    S["torch_parts"], S["losses_pdu"], S["losses_torch"] = [], [], []
+    S: dict[str, list] = {k: [] for k in ("pdu", "grad_diff", "torch", "pdu_dispatch", "loadavg")}
+    S.update(torch_parts=[], losses_pdu=[], losses_torch=[])
     for rep in range(args.reps):
-        _log(f"step rep {rep + 1}/{args.reps} (loadavg {loadavg()[0]})")
+        _log(f"step rep {rep + 1}/{args.reps} (1-min load {loadavg()[0]})")
         for what in _rotate(["pdu", "torch", "grad_diff"], rep):
             if what == "pdu":
                 s, d, loss = run_step(pdu, batch)
@@ -708,9 +900,7 @@ def run(args: argparse.Namespace) -> dict:
                 S["pdu_dispatch"].append(d)
                 S["losses_pdu"].append(loss)
             elif what == "grad_diff":
-                s, d, _ = run_step(gd, batch)
-                S["grad_diff"].append(s)
-                S["gd_dispatch"].append(d)
+                S["grad_diff"].append(run_step(gd, batch)[0])
             else:
                 o = worker("step", batch=batch)
                 S["torch"].append(o["seconds"])
@@ -721,14 +911,9 @@ def run(args: argparse.Namespace) -> dict:
         S["loadavg"].append(loadavg()[0])
     rss["after_steps"] = maxrss_mb()
     m_pdu, m_gd, m_t = median(S["pdu"]), median(S["grad_diff"]), median(S["torch"])
-    tokens = flops["tokens"]
-    jax_peak = {"best": max(p["peak"] for p in peaks["jax"]), "median": median([p["peak"] for p in peaks["jax"]])}
-    torch_peak = {
-        "best": max(p["peak"] for p in peaks["torch"]),
-        "median": median([p["peak"] for p in peaks["torch"]]),
-    }
-    achieved = flops["total"] / m_pdu / 1e9
-    res["steps"] = {
+    tokens, jax_peak, torch_peak = flops["tokens"], _peaks(peaks["jax"]), _peaks(peaks["torch"])
+    achieved, achieved_t = flops["total"] / m_pdu / 1e9, flops["total"] / m_t / 1e9
+    steps = {
         "samples_s": S,
         "median_s": {"pdu": m_pdu, "grad_diff": m_gd, "torch": m_t},
         "tokens_per_s": {"pdu": tokens / m_pdu, "grad_diff": tokens / m_gd, "torch": tokens / m_t},
@@ -739,59 +924,88 @@ def run(args: argparse.Namespace) -> dict:
             k: median([p[k] for p in S["torch_parts"]]) for k in ("forward_s", "backward_s", "optimizer_s")
         },
     }
-    res["matmul_peak_gflops"] = {"jax": jax_peak, "torch": torch_peak, "samples": peaks}
-    res["mfu"] = {
-        "achieved_gflops_pdu": achieved,
-        "achieved_gflops_torch": flops["total"] / m_t / 1e9,
-        "fraction_of_best_peak": achieved / jax_peak["best"],
-        "fraction_of_median_peak": achieved / jax_peak["median"],
-        "torch_fraction_of_torch_best_peak": flops["total"] / m_t / 1e9 / torch_peak["best"],
-        "xla_cost_analysis_flops": comp["pdu"]["xla_flops"],
+    _log("loss-head differential PDU vs GradDiff")
+    head = loss_head_times(args.batch, args.seq, model.cfg.vocab_size)
+    head["estimated_ratio"] = (m_gd + head["delta_s"]) / m_gd
+    head["xla_flops_ratio"] = comp["pdu"]["xla_flops"] / comp["grad_diff"]["xla_flops"]
+    steps["loss_head"] = head
+    out = {
+        "compile": comp,
+        "warmup": warm,
+        "steps": steps,
+        "matmul_peak_gflops": {"jax": jax_peak, "torch": torch_peak, "samples": peaks},
+        "mfu": {
+            "achieved_gflops_pdu": achieved,
+            "achieved_gflops_torch": achieved_t,
+            "fraction_of_best_peak": achieved / jax_peak["best"],
+            "fraction_of_median_peak": achieved / jax_peak["median"],
+            "torch_fraction_of_torch_best_peak": achieved_t / torch_peak["best"],
+            "xla_cost_analysis_flops": comp["pdu"]["xla_flops"],
+        },
     }
     if args.breakdown:
         _log("breakdown: forward-only and optimizer-only programs")
-        bd = jax_breakdown(pdu, batch, reps=2)
+        bd = jax_breakdown(pdu, batch, reps=1)
         bd["step_s"] = m_pdu
         bd["backward_s_estimate"] = m_pdu - bd["forward_s"] - bd["optimizer_s"]
         bd["dispatch_s"] = median(S["pdu_dispatch"])
-        res["breakdown_ours"] = bd
-    res["torch_final"] = worker.close()
-    rss["end"] = maxrss_mb()
-    del pdu, gd
+        out["breakdown_ours"] = bd
+    if args.prototype:
+        del gd  # frees its state before the prototype's
+        out["prototype"] = phase_prototype(pdu, batch, args.reps, m_t)
+    return out
 
-    # ---------------------------------------------------------------------------- (5) memory
-    res["memory_mb"] = {
-        "ours_phases": rss,
-        "ours_peak_through_eval": rss["after_eval"],
-        "ours_peak_one_training_state": rss["after_pdu_warmup"],
-        "ours_peak_end": rss["end"],
-        "torch_after_load": res["torch_info"]["maxrss_mb"],
-        "torch_peak_through_eval": res["torch_rss_after_eval"],
-        "torch_peak_training": res["torch_final"]["maxrss_mb"],
-        "how": "ru_maxrss of each process (ours: this process; torch: its own spawned worker process)",
+
+def phase_prototype(pdu: dict, batch: dict, reps: int, torch_median_s: float) -> dict:
+    """The answer-rows prototype vs our PDU step, interleaved; its first loss is checked against the PDU
+    step's loss at the same parameters and λ."""
+    import jax
+
+    _log("prototype (LM head on answer rows only): compile")
+    pr = make_answer_rows_step(pdu, jax.tree.map(jnp_copy, pdu["state"].params), batch)
+    comp = compile_step(pr, batch)
+    t: dict[str, list[float]] = {"pdu": [], "prototype": []}
+    first: dict[str, float] = {}
+    for rep in range(reps):
+        _log(f"prototype rep {rep + 1}/{reps}")
+        for k in _rotate(list(t), rep) if rep else list(t):
+            s, _, loss = run_step(pdu if k == "pdu" else pr, batch)
+            t[k].append(s)
+            first.setdefault(k, loss)
+    m_pdu, m_pr = median(t["pdu"]), median(t["prototype"])
+    return {
+        "answer_row_capacity": pr["cap"],
+        "compile": comp,
+        "samples_s": t,
+        "median_s": {"pdu": m_pdu, "prototype": m_pr},
+        "speedup_vs_pdu": m_pdu / m_pr,
+        "speedup_vs_torch": torch_median_s / m_pr,
+        "first_loss": first,
+        "first_loss_rel_diff": abs(first["pdu"] - first["prototype"]) / max(abs(first["pdu"]), 1e-12),
     }
 
-    # ---------------------------------------------------------------------------- (6) FSDP
-    if args.fsdp:
-        _log("FSDP bytes per device (subprocess, 8 fake CPU devices)")
-        res["fsdp"] = run_fsdp_subprocess(folder, 8)
-    res["loadavg_end"] = loadavg()
-    res["wall_s"] = time.time() - t_start
-    res["goals"] = goal_table(res)
-    return res
+
+def jnp_copy(x):
+    return x.copy()
 
 
-def make_jax_step_from(pdu: dict, params, args) -> dict:
-    """The GradDiff (scalarised) step on the same graph; the model is only used for its graphdef/config."""
-    from flax import nnx
-
-    model = nnx.merge(pdu["graphdef"], params)
-    return make_jax_step(model, "grad_diff", "scalarized", lam0=0.0, eps=args.eps, params=params)
-
-
-def _rotate(xs: list, k: int) -> list:
-    k %= len(xs)
-    return xs[k:] + xs[:k]
+def omp_compare(worker: TorchWorker, folder: str, threads: int, args, part: dict, reps: int = 1) -> dict:
+    """No-grad forwards of one batch part: the main worker (args.omp_wait) vs a second worker with libgomp's
+    default wait policy, same thread count, interleaved; medians in seconds."""
+    other = TorchWorker(folder, threads, args.attn, args.lam0, args.eps, args.dual_lr, "default")
+    try:
+        t: dict[str, list[float]] = {"main": [], "default_policy": []}
+        for w in (worker, other):
+            w("forward_batch", part=part)
+        for r in range(reps):
+            for k in _rotate(list(t), r):
+                t[k].append((worker if k == "main" else other)("forward_batch", part=part)["seconds"])
+    finally:
+        other.close()
+    out: dict[str, Any] = {"main_policy": args.omp_wait, "threads": threads, "samples_s": t}
+    out["main_s"], out["default_policy_s"] = median(t["main"]), median(t["default_policy"])
+    out["default_over_main"] = out["default_policy_s"] / out["main_s"]
+    return out
 
 
 def goal_table(res: dict) -> list[dict]:
@@ -809,10 +1023,11 @@ def goal_table(res: dict) -> list[dict]:
 
 # ============================================================================================ output
 def command_line(args: argparse.Namespace) -> str:
+    """The command that regenerates these results (non-default flags only)."""
     parts = ["python -m bench.throughput"]
     defaults = vars(build_parser().parse_args([]))
     for k, v in vars(args).items():
-        if k == "out" or v == defaults.get(k):
+        if v == defaults.get(k):
             continue
         flag = "--" + k.replace("_", "-")
         if isinstance(v, bool):
@@ -828,133 +1043,198 @@ def _f(x: float, nd: int = 2) -> str:
     return f"{x:.{nd}f}"
 
 
-def markdown(res: dict) -> str:
-    st, ev, mf, mem = res["steps"], res["eval"], res["mfu"], res["memory_mb"]
-    sh, m = res["shapes"], res["machine"]
-    L = [
+def _md_header(res: dict) -> list[str]:
+    m, ti, st = res["machine"], res["torch_info"], res["steps"]
+    v = m["versions"]
+    return [
         "# Throughput: cel_jax vs PyTorch/transformers (CPU)",
         "",
-        f"Regenerate: `{res['command']}` (from the repository root; about {res['wall_s'] / 60:.0f} min here).",
+        f"Regenerate (from the repository root; {res['wall_s'] / 60:.0f} min in this run):",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; jax {m['versions']['jax']}, "
-        f"flax {m['versions']['flax']}, torch {m['versions']['torch']}, transformers "
-        f"{m['versions']['transformers']}; XLA_FLAGS=`{m['xla_flags'] or '(none)'}`; torch threads "
-        f"{res['torch_info']['torch_threads']}, attention `{res['torch_info']['attn_implementation']}`, fp32.",
-        f"Load average (1/5/15 min) at start {res['loadavg_start']}, at end {res['loadavg_end']}; 1-min load "
-        f"after each step repetition {st['samples_s']['loadavg']} (the machine is shared; our own process adds "
-        "about 2). All timings are medians of interleaved repetitions.",
+        f"    {res['command']}",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; jax {v['jax']}, flax {v['flax']}, "
+        f"torch {v['torch']}, transformers {v['transformers']}; XLA_FLAGS=`{m['xla_flags'] or '(none)'}`. "
+        f"PyTorch: {ti['torch_threads']} threads, OMP_WAIT_POLICY {ti['omp_wait_policy']}, attention "
+        f"`{ti['attn_implementation']}`. fp32 on both sides.",
+        "",
+        f"Load average (1/5/15 min): start {res['loadavg_start']}, end {res['loadavg_end']}; 1-min load "
+        f"after each step repetition {st['samples_s']['loadavg']}. The 2 cores are shared with other jobs "
+        "(our own process adds about 2). Timings are medians of interleaved repetitions.",
         "",
         "## Goals",
         "",
         "| goal | reached | target | met |",
         "|---|---|---|---|",
+    ] + [
+        f"| {g['goal']} | {_f(g['value'], 3)} | {g['target']} | {'yes' if g['met'] else 'no'} |"
+        for g in res["goals"]
     ]
-    L += [f"| {g['goal']} | {_f(g['value'], 3)} | {g['target']} | {'yes' if g['met'] else 'no'} |" for g in res["goals"]]
-    L += [
+
+
+def _md_steps(res: dict) -> list[str]:
+    st, sh, c, w, hd = res["steps"], res["shapes"], res["compile"], res["warmup"], res["steps"]["loss_head"]
+    L = [
         "",
-        f"## Unlearning step (M=1, B={sh['B_forget']} forget + {sh['B_retain']} retain, T={sh['T']}: "
-        f"{sh['tokens']} tokens/step)",
+        f"## Unlearning step (M=1, B={sh['B_forget']} forget + {sh['B_retain']} retain rows, T={sh['T']}: "
+        f"{sh['tokens']} tokens per step)",
         "",
         "| | median s/step | tokens/s | samples (s) |",
         "|---|---|---|---|",
     ]
-    for k, name in (("pdu", "ours, PDU (primal_dual)"), ("grad_diff", "ours, GradDiff (scalarized)"), ("torch", "PyTorch PDU")):
+    names = {
+        "pdu": "ours, PDU (primal_dual)",
+        "grad_diff": "ours, GradDiff (scalarized)",
+        "torch": "PyTorch PDU",
+    }
+    for k, name in names.items():
         xs = ", ".join(_f(x, 1) for x in st["samples_s"][k])
         L.append(f"| {name} | {_f(st['median_s'][k])} | {_f(st['tokens_per_s'][k], 1)} | {xs} |")
-    c, w = res["compile"], res["warmup"]
+    lp = [round(x, 4) for x in st["samples_s"]["losses_pdu"]]
+    lt = [round(x, 4) for x in st["samples_s"]["losses_torch"]]
     L += [
         "",
-        f"Compile (not in the step times): PDU trace+lower {_f(c['pdu']['trace_lower_s'], 1)} s + XLA compile "
-        f"{_f(c['pdu']['compile_s'], 1)} s; GradDiff {_f(c['grad_diff']['trace_lower_s'], 1)} + "
-        f"{_f(c['grad_diff']['compile_s'], 1)} s. First runs: PDU {_f(w['pdu_first_step_s'], 1)} s, PyTorch "
-        f"{_f(w['torch_first_step_s'], 1)} s.",
-        f"Same Lagrangian: first-step loss ours {w['pdu_first_loss']:.6g} vs PyTorch {w['torch_first_loss']:.6g} "
-        f"(relative difference {w['first_loss_rel_diff']:.1e}); later losses ours {[round(x, 4) for x in st['samples_s']['losses_pdu']]}, "
-        f"PyTorch {[round(x, 4) for x in st['samples_s']['losses_torch']]} (the two sides step in lockstep "
-        "from the same weights and batch).",
+        f"Compile (not in the step times): PDU trace+lower {_f(c['pdu']['trace_lower_s'], 1)} s + XLA "
+        f"compile {_f(c['pdu']['compile_s'], 1)} s; GradDiff {_f(c['grad_diff']['trace_lower_s'], 1)} + "
+        f"{_f(c['grad_diff']['compile_s'], 1)} s. First runs: PDU {_f(w['pdu_first_step_s'], 1)} s, "
+        f"PyTorch {_f(w['torch_first_step_s'], 1)} s.",
+        "",
+        f"Same Lagrangian: first-step loss ours {w['pdu_first_loss']:.6g}, PyTorch "
+        f"{w['torch_first_loss']:.6g} (relative difference {w['first_loss_rel_diff']:.1e}).",
+        f"The two sides then step in lockstep from the same weights and batch: losses ours {lp}, "
+        f"PyTorch {lt}.",
+        "",
         f"PDU / GradDiff: ratio of medians {_f(st['pdu_over_graddiff'], 3)}, median of paired ratios "
-        f"{_f(st['pdu_over_graddiff_paired'], 3)}.",
-        "",
-        "## Model FLOP/s",
-        "",
-        f"Formula: {res['flops_formula']}; N = {res['flops']['n_params']:,}. One step = "
-        f"{res['flops']['total'] / 1e9:.1f} GFLOP ({res['flops']['dense'] / 1e9:.1f} dense + "
-        f"{res['flops']['attention'] / 1e9:.1f} attention); XLA's cost analysis counts "
-        f"{mf['xla_cost_analysis_flops'] / 1e9:.1f} GFLOP for the compiled step.",
-        f"fp32 matmul peak (jitted jnp.matmul, square sizes {res['args']['mm_sizes']}, best of 3 per size, "
-        f"measured {len(res['matmul_peak_gflops']['samples']['jax'])} times through the run): best "
-        f"{_f(res['matmul_peak_gflops']['jax']['best'], 1)} GFLOP/s, median "
-        f"{_f(res['matmul_peak_gflops']['jax']['median'], 1)}; torch matmul best "
-        f"{_f(res['matmul_peak_gflops']['torch']['best'], 1)}.",
-        f"Achieved: ours {_f(mf['achieved_gflops_pdu'], 1)} GFLOP/s = {_f(mf['fraction_of_best_peak'], 3)} of the "
-        f"best peak ({_f(mf['fraction_of_median_peak'], 3)} of the median peak); PyTorch "
-        f"{_f(mf['achieved_gflops_torch'], 1)} GFLOP/s = {_f(mf['torch_fraction_of_torch_best_peak'], 3)} of "
-        "torch's own matmul peak.",
+        f"{_f(st['pdu_over_graddiff_paired'], 3)}. The steps differ only in the forget term on the logits; "
+        f"its value and gradient alone take {hd['pdu_s'] * 1e3:.0f} ms (logit margin) vs "
+        f"{hd['grad_diff_s'] * 1e3:.0f} ms (CE) on [{sh['B_forget']}, {sh['T']}, V] logits, so the expected "
+        f"ratio is {_f(hd['estimated_ratio'], 4)}; XLA's flop counts of the two compiled steps differ by a "
+        f"factor {_f(hd['xla_flops_ratio'], 4)}.",
     ]
-    tp = st["torch_parts_median_s"]
-    L += [
+    return L
+
+
+def _md_flops(res: dict) -> list[str]:
+    mf, fl, pk = res["mfu"], res["flops"], res["matmul_peak_gflops"]
+    st, tp = res["steps"], res["steps"]["torch_parts_median_s"]
+    L = [
         "",
-        "## Where the time goes",
+        "## Model FLOP/s and where the time goes",
         "",
-        f"PyTorch step: forward {_f(tp['forward_s'])} s, backward {_f(tp['backward_s'])} s, clip + AdamW "
-        f"{_f(tp['optimizer_s'])} s.",
+        f"Formula: {res['flops_formula']}; N = {fl['n_params']:,}. One step = {fl['total'] / 1e9:.1f} GFLOP "
+        f"({fl['dense'] / 1e9:.1f} dense + {fl['attention'] / 1e9:.1f} attention); XLA's cost analysis of "
+        f"the compiled PDU step counts {mf['xla_cost_analysis_flops'] / 1e9:.1f} GFLOP.",
+        "",
+        f"fp32 matmul peak (jitted jnp.matmul, square sizes {res['args']['mm_sizes']}, best of 3 per size, "
+        f"measured {len(pk['samples']['jax'])} times through the run): best {_f(pk['jax']['best'], 1)} "
+        f"GFLOP/s, median {_f(pk['jax']['median'], 1)}; torch's matmul: best {_f(pk['torch']['best'], 1)}.",
+        "",
+        f"Achieved: ours {_f(mf['achieved_gflops_pdu'], 1)} GFLOP/s = {_f(mf['fraction_of_best_peak'], 3)} "
+        f"of the best peak ({_f(mf['fraction_of_median_peak'], 3)} of the median); PyTorch "
+        f"{_f(mf['achieved_gflops_torch'], 1)} GFLOP/s = {_f(mf['torch_fraction_of_torch_best_peak'], 3)} of "
+        "torch's best matmul.",
+        "",
+        f"PyTorch step (median {_f(st['median_s']['torch'])} s): forward {_f(tp['forward_s'])} s, backward "
+        f"{_f(tp['backward_s'])} s, clip + AdamW {_f(tp['optimizer_s'])} s.",
     ]
     if "breakdown_ours" in res:
         b = res["breakdown_ours"]
         L.append(
-            f"Ours (separately jitted pieces): forward {_f(b['forward_s'])} s (both forwards + losses), optimizer "
-            f"(clip + AdamW) {_f(b['optimizer_s'])} s, backward ≈ step − both = {_f(b['backward_s_estimate'])} s; "
-            f"host dispatch {b['dispatch_s'] * 1e3:.1f} ms."
+            f"Ours (median {_f(b['step_s'])} s; pieces jitted separately): forward (both batches + losses) "
+            f"{_f(b['forward_s'])} s, clip + AdamW {_f(b['optimizer_s'])} s, backward ≈ step − both = "
+            f"{_f(b['backward_s_estimate'])} s; host dispatch {b['dispatch_s'] * 1e3:.1f} ms."
         )
-    a = ev["agreement"]
-    md = ev["median_s"]
-    L += [
+    if "prototype" in res:
+        pr = res["prototype"]
+        L.append(
+            "Prototype (in this file, not in cel_jax): the same Lagrangian with the LM head and both losses "
+            f"on the rows that predict answer tokens only (capacity {pr['answer_row_capacity']} of "
+            f"{res['shapes']['B_forget'] * (res['shapes']['T'] - 1)} rows per part): "
+            f"{_f(pr['median_s']['prototype'])} s/step vs {_f(pr['median_s']['pdu'])} s for our PDU step in "
+            f"the same interleaved phase (x{_f(pr['speedup_vs_pdu'])}; x{_f(pr['speedup_vs_torch'])} vs the "
+            f"PyTorch median); same loss at the same parameters (relative difference "
+            f"{pr['first_loss_rel_diff']:.1e}); compile {_f(pr['compile']['compile_s'], 1)} s."
+        )
+    if "omp_compare" in res:
+        oc = res["omp_compare"]
+        L.append(
+            f"PyTorch thread policy: one no-grad forward of the retain batch takes {_f(oc['main_s'])} s with "
+            f"OMP_WAIT_POLICY={oc['main_policy']} and {_f(oc['default_policy_s'])} s with libgomp's default "
+            f"(spin-then-sleep), {oc['threads']} threads both (x{_f(oc['default_over_main'])})."
+        )
+    return L
+
+
+def _md_eval(res: dict) -> list[str]:
+    ev = res["eval"]
+    a, md, fc = ev["agreement"], ev["median_s"], ev["first_call_s"]
+    rows = (("forward (probabilities)", "forward"), ("greedy generation", "generate"))
+    L = [
         "",
         f"## TOFU eval ({ev['items']} forget01 questions, chat template, greedy, max_new_tokens "
         f"{ev['max_new_tokens']}, one batch)",
         "",
         "| | ours median s | PyTorch median s | speed-up |",
         "|---|---|---|---|",
-        f"| forward (probabilities) | {_f(md['ours_forward'], 3)} | {_f(md['torch_forward'], 3)} | "
-        f"{_f(ev['speedup_forward'])} |",
-        f"| greedy generation | {_f(md['ours_generate'], 3)} | {_f(md['torch_generate'], 3)} | "
-        f"{_f(ev['speedup_generate'])} |",
-        f"| total | {_f(md['ours_forward'] + md['ours_generate'], 3)} | "
-        f"{_f(md['torch_forward'] + md['torch_generate'], 3)} | {_f(ev['speedup_total'])} |",
-        "",
-        f"First calls (compile / warm-up): ours forward {_f(ev['first_call_s']['ours_forward_s'], 1)} s, generate "
-        f"{_f(ev['first_call_s']['ours_generate_s'], 1)} s; PyTorch forward "
-        f"{_f(ev['first_call_s']['torch_forward_s'], 1)} s, generate {_f(ev['first_call_s']['torch_generate_s'], 1)} s.",
-        f"Agreement of the greedy token ids: {_f(a['exact'] * 100, 1)}% of the sequences identical, "
-        f"{_f(a['token'] * 100, 1)}% of the tokens (common prefix / longer length); first divergence per item "
-        f"{a['first_divergence']}. Generated tokens: ours {ev['generated_tokens_ours']}, PyTorch "
-        f"{ev['generated_tokens_torch']}. Max |avg NLL ours − PyTorch| over items: {ev['max_abs_avg_loss_diff']:.1e}.",
-        "",
-        "## Peak host memory (ru_maxrss, MB)",
-        "",
-        "| | after load | through eval | training (one PDU state) | end |",
-        "|---|---|---|---|---|",
-        f"| ours (main process; includes transformers+torch imported by the tokenizer) | "
-        f"{_f(mem['ours_phases']['model_loaded'], 0)} | {_f(mem['ours_peak_through_eval'], 0)} | "
-        f"{_f(mem['ours_peak_one_training_state'], 0)} | {_f(mem['ours_peak_end'], 0)} (+ GradDiff state) |",
-        f"| PyTorch (worker process) | {_f(mem['torch_after_load'], 0)} | {_f(mem['torch_peak_through_eval'], 0)} | "
-        f"{_f(mem['torch_peak_training'], 0)} | {_f(mem['torch_peak_training'], 0)} |",
-        "",
-        f"Ours after imports + tokenizer: {_f(mem['ours_phases']['imports_and_tokenizer'], 0)} MB.",
     ]
-    if "fsdp" in res and "error" not in res["fsdp"]:
-        fs = res["fsdp"]
+    for name, k in rows:
+        L.append(
+            f"| {name} | {_f(md['ours_' + k], 3)} | {_f(md['torch_' + k], 3)} | {_f(ev['speedup_' + k])} |"
+        )
+    ours_t, torch_t = md["ours_forward"] + md["ours_generate"], md["torch_forward"] + md["torch_generate"]
+    L += [
+        f"| total | {_f(ours_t, 3)} | {_f(torch_t, 3)} | {_f(ev['speedup_total'])} |",
+        "",
+        f"First calls (compile / warm-up): ours forward {_f(fc['ours_forward_s'], 1)} s, generate "
+        f"{_f(fc['ours_generate_s'], 1)} s; PyTorch forward {_f(fc['torch_forward_s'], 1)} s, generate "
+        f"{_f(fc['torch_generate_s'], 1)} s.",
+        "",
+        f"Greedy token ids: {_f(a['exact'] * 100, 1)}% of the sequences identical, "
+        f"{_f(a['token'] * 100, 1)}% of the tokens (common prefix / longer length);",
+        f"first divergence per item {a['first_divergence']}. "
+        f"Generated tokens: ours {ev['generated_tokens_ours']}, PyTorch {ev['generated_tokens_torch']}. "
+        f"Max |mean answer NLL, ours − PyTorch| over items: {ev['max_abs_avg_loss_diff']:.1e}.",
+    ]
+    return L
+
+
+def _md_memory(res: dict) -> list[str]:
+    mem = res["memory_mb"]
+    o = mem["ours_phases"]
+    L = [
+        "",
+        "## Peak host memory (ru_maxrss, MB; each side in its own process)",
+        "",
+        "| | after load | through eval | through training (one PDU state) | end |",
+        "|---|---|---|---|---|",
+        f"| ours | {o['model_loaded']:.0f} | {mem['ours_peak_through_eval']:.0f} | "
+        f"{mem['ours_peak_one_training_state']:.0f} | {mem['ours_peak_end']:.0f} (+ the GradDiff state) |",
+        f"| PyTorch | {mem['torch_after_load']:.0f} | {mem['torch_peak_through_eval']:.0f} | "
+        f"{mem['torch_peak_training']:.0f} | {mem['torch_peak_training']:.0f} |",
+        "",
+        f"Ours after imports + tokenizer (transformers imports torch): {o['imports_and_tokenizer']:.0f} MB.",
+    ]
+    fs = res.get("fsdp")
+    if fs and "error" not in fs:
         rep = max(fs["replicated_per_device"].values())
+        mib = lambda b: f"{b / 2**20:.1f} MiB"
         L += [
             "",
             f"## FSDP on {fs['devices']} fake CPU devices (mesh (1, {fs['devices']}, 1))",
             "",
-            f"Parameter bytes per device: replicated {rep / 2**20:.1f} MiB, FSDP max {fs['fsdp_max_per_device'] / 2**20:.1f} "
-            f"MiB (ideal {fs['ideal_per_device'] / 2**20:.1f}); {fs['replicated_leaves_under_fsdp']} leaves stay "
-            f"replicated under FSDP ({fs['replicated_bytes_under_fsdp'] / 2**10:.1f} KiB: norm scales). "
-            f"Ratio replicated / FSDP = {rep / fs['fsdp_max_per_device']:.2f}.",
+            f"Parameter bytes per device: replicated {mib(rep)}, FSDP max {mib(fs['fsdp_max_per_device'])} "
+            f"(ideal {mib(fs['ideal_per_device'])}), ratio {rep / fs['fsdp_max_per_device']:.2f}; "
+            f"{fs['replicated_leaves_under_fsdp']} leaves stay replicated under FSDP "
+            f"({fs['replicated_bytes_under_fsdp'] / 2**10:.1f} KiB).",
         ]
-    return "\n".join(L) + "\n"
+    elif fs:
+        L += ["", f"FSDP subprocess failed: {fs['error'][-300:]}"]
+    return L
+
+
+def markdown(res: dict) -> str:
+    parts = _md_header(res) + _md_steps(res) + _md_flops(res) + _md_eval(res) + _md_memory(res)
+    return "\n".join(parts) + "\n"
 
 
 def write_results(res: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
@@ -970,18 +1250,37 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="alias or HF folder (loaded by both sides)")
     p.add_argument("--data", default=str(TOFU_DIR), help="TOFU JSONL folder")
-    p.add_argument("--batch", type=int, default=4, help="forget rows = retain rows per step (B)")
+    p.add_argument("--batch", type=int, default=2, help="forget rows = retain rows per step (B)")
     p.add_argument("--seq", type=int, default=128, help="padded length T")
     p.add_argument("--reps", type=int, default=3, help="interleaved step repetitions")
-    p.add_argument("--eval-items", type=int, default=16)
-    p.add_argument("--eval-reps", type=int, default=3)
+    p.add_argument("--eval-items", type=int, default=8)
+    p.add_argument("--eval-reps", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention")
     p.add_argument("--mm-sizes", type=int, nargs="+", default=[1024, 2048])
     p.add_argument("--lam0", type=float, default=1.0)
     p.add_argument("--eps", type=float, default=1.0)
     p.add_argument("--dual-lr", type=float, default=1.0)
+    p.add_argument("--torch-threads", type=int, default=0, help="0: os.cpu_count()")
+    p.add_argument(
+        "--omp-wait",
+        default="PASSIVE",
+        choices=("PASSIVE", "ACTIVE", "default"),
+        help="torch's OMP_WAIT_POLICY",
+    )
+    p.add_argument(
+        "--omp-compare",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time torch forwards with libgomp's default wait policy (a second worker)",
+    )
     p.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--prototype",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the answer-rows LM-head prototype against our PDU step",
+    )
     p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out", default="results")
     return p
