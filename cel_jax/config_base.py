@@ -79,3 +79,31 @@ def finetune_config() -> ml_collections.ConfigDict:
         mode="fixed",
     )
     return c
+
+
+TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
+
+
+def tofu_pdu_config(target: str, epochs: int, split: str = "forget10") -> ml_collections.ConfigDict:
+    """PDU on TOFU with the authors' settings (community/methods/PDU/run.sh): λ0 100, η 5, ε 0.3,
+    5 warm-start epochs, lr 1e-5, wd 0.01, one warmup epoch, linear decay, effective batch 128."""
+    if split not in TOFU_RETAIN:
+        raise ValueError(f"unknown TOFU forget split {split!r}; expected one of {sorted(TOFU_RETAIN)}")
+    c = unlearn_config()
+    c.model.name_or_path = target
+    c.model.dtype = "bfloat16"  # matmuls in bf16; params, optimizer state, losses and λ stay float32
+    c.model.remat = "full"  # the `cel-jax plan` numbers in the configs' docstrings assume full remat
+    c.data.source = "locuslab/TOFU"
+    c.data.forget_split = split
+    c.data.retain_split = TOFU_RETAIN[split]
+    c.mesh.shape = (1, -1, 1)
+    c.batch_size = 32  # 4 per device x 8 GPUs in the reference, grad_accum 4 -> effective 128
+    c.grad_accum = 4
+    c.epochs = epochs
+    c.dual.lam0 = 100.0
+    c.dual.lr = 5.0
+    c.dual.eps = 0.3
+    c.dual.warmup_epochs = 5
+    c.ckpt.every = 100
+    c.eval.overrides.forget_split = split
+    return c

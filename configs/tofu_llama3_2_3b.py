@@ -9,25 +9,8 @@ Check the bytes per device first:
   cel-jax plan --config=configs/tofu_llama3_2_3b.py --config.mesh.shape="(1,16,1)"
 """
 
-from cel_jax.config_base import unlearn_config
+from cel_jax.config_base import tofu_pdu_config
 
 
 def get_config(split: str = "forget10"):
-    c = unlearn_config()
-    retain = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
-    c.model.name_or_path = "open-unlearning/tofu_Llama-3.2-3B-Instruct_full"
-    c.model.dtype = "bfloat16"  # matmuls in bf16; params, optimizer state, losses and λ stay float32
-    c.model.remat = "full"  # the `cel-jax plan` numbers in the docstring assume full remat
-    c.data.source = "locuslab/TOFU"
-    c.data.forget_split = split
-    c.data.retain_split = retain[split]
-    c.mesh.shape = (1, -1, 1)
-    c.batch_size = 32  # 4 per device x 8 GPUs in the reference, grad_accum 4 -> effective 128
-    c.grad_accum = 4
-    c.epochs = 10
-    c.dual.lam0 = 100.0
-    c.dual.lr = 5.0
-    c.dual.eps = 0.3
-    c.dual.warmup_epochs = 5
-    c.ckpt.every = 100
-    return c
+    return tofu_pdu_config("open-unlearning/tofu_Llama-3.2-3B-Instruct_full", epochs=10, split=split)
