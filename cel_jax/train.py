@@ -386,6 +386,9 @@ def _emit(log: MetricsLog, bar, pending, eps: float) -> None:
     row.update({k: _to_py(v) for k, v in m.items()})
     log.write(row)
     bar.update(1)
+    if math.isnan(row["retain_loss"]):  # fine-tuning: one loss, no constraint
+        bar.set_postfix(loss=f"{row['forget_loss']:.4g}")
+        return
     bar.set_postfix(
         forget=f"{row['forget_loss']:.4g}",
         retain_minus_eps=f"{row['retain_loss'] - eps:+.3g}",

@@ -22,16 +22,21 @@ IDK_FILE = Path(__file__).resolve().parent / "data" / "idk.jsonl"
 
 
 def parse_rows(spec: str | None, n: int) -> list[int] | None:
-    """'0:400,3960:4000' -> row indices (python slices, comma separated)."""
+    """'0:400,3960:4000' or '0:80:4' -> row indices (python slices or single rows, comma separated)."""
     if not spec:
         return None
     out: list[int] = []
     for part in str(spec).split(","):
-        a, _, b = part.partition(":")
-        if not _:
-            out.append(int(a))
+        bounds = part.split(":")
+        if len(bounds) == 1:
+            out.append(int(bounds[0]))
             continue
-        out.extend(range(*slice(int(a) if a else None, int(b) if b else None).indices(n)))
+        if len(bounds) > 3:
+            raise ValueError(f"row selection {spec!r}: {part!r} is not a python slice a:b or a:b:c")
+        a, b, c = (int(x) if x.strip() else None for x in (bounds + [""])[:3])
+        if c is not None and c < 1:
+            raise ValueError(f"row selection {spec!r}: the step of {part!r} must be positive")
+        out.extend(range(*slice(a, b, c).indices(n)))
     if not out:
         raise ValueError(f"row selection {spec!r} selects no rows")
     return out

@@ -272,3 +272,21 @@ def test_bad_configs_fail_clearly():
         tofu.validate(driver.make_config("tofu", {"forget_split": "forget02"}))
     with pytest.raises(ValueError, match="needs --workdir"):
         driver.eval_command(driver.make_config("tofu"), types.SimpleNamespace(workdir=None))
+
+
+def test_subsets_select_rows_of_single_sets():
+    cfg = tofu.default_config()
+    cfg.data_dir = str(TOFU_DIR)
+    cfg.subsets = "retain=0:80:4;ra=0:100:5;wf=3"
+    rows = tofu.load_sets(cfg, {"retain", "ra", "wf", "forget", "holdout"})
+    full = tofu.load_sets(tofu.default_config(), {"retain", "ra", "wf", "forget", "holdout"})
+    assert [r["question"] for r in rows["retain"]] == [full["retain"][i]["question"] for i in range(0, 80, 4)]
+    assert len(rows["ra"]) == 20 and rows["wf"] == [full["wf"][3]]
+    assert rows["forget"] == full["forget"] and len(rows["holdout"]) == 40  # untouched sets stay whole
+    for bad, msg in (("retian=0:4", "not 'set=rows'"), ("retain=0:4:0", "step"), ("retain", "not 'set=rows'")):
+        cfg.subsets = bad
+        with pytest.raises(ValueError, match=msg):
+            tofu.validate(cfg)
+    cfg.subsets = "ra=0:5,150"  # python slices clamp; single rows must exist
+    with pytest.raises(ValueError, match="exceeds the 100 items"):
+        tofu.load_sets(cfg, {"ra"})

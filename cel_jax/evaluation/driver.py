@@ -82,6 +82,8 @@ def evaluate(
     logs, timings = suite.run(model, tok, cfg, ref_model=ref_model)
     timings["total"] = F.elapsed(t0)
     summary = summary_of(logs, cfg.metrics, cfg.max_items)
+    if cfg.get("subsets"):
+        summary["subsets"] = cfg.subsets
     meta = {
         "benchmark": benchmark,
         "model": model_name if model_name is not None else "<in-memory model>",
@@ -115,10 +117,10 @@ def format_report(
     name: str, summary: Mapping[str, Any], logs: Mapping[str, Any], timings: Mapping[str, Mapping[str, float]]
 ) -> str:
     """The summary table, the notes of missing metrics and the time per metric group."""
-    values = {k: v for k, v in summary.items() if k != "max_items"}
+    values = {k: v for k, v in summary.items() if k not in ("max_items", "subsets")}
     title = f"{name} evaluation" + (
         f" (first {summary['max_items']} items)" if summary.get("max_items") else ""
-    )
+    ) + (f" (subsets {summary['subsets']})" if summary.get("subsets") else "")
     lines = [R.render_table(values, title=title)]
     notes = [
         f"  {k}: {logs[k]['note']}" for k in values if isinstance(logs.get(k), Mapping) and "note" in logs[k]

@@ -44,6 +44,9 @@ def write_json_atomic(path: str | os.PathLike, obj: Any, indent: int = 4) -> Non
     text = json.dumps(_to_jsonable(obj), indent=indent)  # serialise first: a failure leaves nothing behind
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the usual permissions
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

@@ -22,6 +22,7 @@ from cel_jax.evaluation import forward as F
 from cel_jax.evaluation import metrics as M
 from cel_jax.evaluation import report as R
 from cel_jax.generate import eos_token_ids
+from cel_jax.train_data import parse_rows
 
 # Metric names of the issue (OU's names); the default `metrics` list.
 TOFU_METRICS = (
@@ -93,6 +94,9 @@ def default_config() -> ml_collections.ConfigDict:
     )  # retain model's TOFU_EVAL.json (forget_quality, privleak)
     c.reference_model_path = config_dict.placeholder(str)  # model for mia_reference (e.g. the retain model)
     c.max_items = config_dict.placeholder(int)  # first N items of every evaluation set (quick runs)
+    # Rows of single sets, "set=rows;set=rows" with python slices, e.g. "retain=0:80:4;ra=0:100:5"
+    # (sets: forget, retain, ra, wf, holdout); applied after max_items; recorded in the summary.
+    c.subsets = config_dict.placeholder(str)
     c.compat = False  # reference masking (input_ids != pad) and privleak's 0.5 fallback
     c.metrics = TOFU_METRICS
     c.progress = True
@@ -134,6 +138,33 @@ def validate(cfg: Mapping[str, Any]) -> None:
             raise ValueError(f"{key} must be positive, got {cfg[key]}")
     if cfg["max_items"] is not None and int(cfg["max_items"]) < 1:
         raise ValueError(f"max_items must be positive (or None for all items), got {cfg['max_items']}")
+    parse_subsets(cfg.get("subsets"))
+
+
+_SUBSET_SETS = ("forget", "retain", "ra", "wf", "holdout")
+
+
+def parse_subsets(spec: str | None) -> dict[str, str]:
+    """'retain=0:80:4;ra=0:100:5' -> {'retain': '0:80:4', 'ra': '0:100:5'} (validated names and slices)."""
+    if not spec:
+        return {}
+    out = {}
+    for part in str(spec).split(";"):
+        name, sep, rows = (x.strip() for x in part.partition("="))
+        if not sep or name not in _SUBSET_SETS or not rows:
+            raise ValueError(
+                f"subsets {spec!r}: {part!r} is not 'set=rows' with set one of {list(_SUBSET_SETS)}"
+            )
+        parse_rows(rows, 10**9)  # syntax check; bounds are checked against the set's length
+        out[name] = rows
+    return out
+
+
+def _subset(rows: list[dict], spec: str, name: str) -> list[dict]:
+    sel = parse_rows(spec, len(rows))
+    if max(sel) >= len(rows):
+        raise ValueError(f"subsets: {name}={spec} exceeds the {len(rows)} items of the {name} set")
+    return [rows[i] for i in sel]
 
 
 def load_sets(cfg: Mapping[str, Any], need: set[str]) -> dict[str, list[dict]]:
@@ -154,7 +185,11 @@ def load_sets(cfg: Mapping[str, Any], need: set[str]) -> dict[str, list[dict]]:
     if need & {"holdout", "gradnorm", "reference"}:
         rows["holdout"] = D.load_qa(cfg["data_dir"], splits["holdout"], schema="qa")
     n = cfg["max_items"]
-    return {k: v[:n] if n else v for k, v in rows.items()}
+    rows = {k: v[:n] if n else v for k, v in rows.items()}
+    for name, spec in parse_subsets(cfg.get("subsets")).items():
+        if name in rows:
+            rows[name] = _subset(rows[name], spec, name)
+    return rows
 
 
 def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]:

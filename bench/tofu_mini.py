@@ -1,0 +1,355 @@
+"""TOFU-mini: PDU against the baselines on a real pretrained model and real TOFU data, sized for 2 CPU cores.
+
+  python -m bench.tofu_mini [--preset mini|issue] [--workdir runs/tofu_mini] [--out results/tofu_mini]
+                            [--methods pdu,grad_diff,...] [--model smollm2-135m-instruct]
+
+Stages, each cached in `<workdir>/<stage>/` (a stage with DONE.json is skipped on a rerun, so rerunning one
+method costs its own unlearning + evaluation only; delete that folder to redo it):
+  target        fine-tune the model on the universe (retain authors + the forget01 authors)
+  retain        the same recipe on the retain authors only (the reference model for forget quality)
+  eval_retain   TOFU suite of the retain model: its TOFU_EVAL.json gives forget_quality and privleak
+  eval_target   TOFU suite of the target (the "before unlearning" row)
+  <method>      unlearn forget01 from the target, then its TOFU suite (in `<method>/eval/`)
+Then `<out>/results.json`, `<out>/results.md` and the plots. The protocol is in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "tofu"
+
+# Universe rows of TOFU `full` (author i = rows 20i..20i+19; forget01 = rows 3960..3999, authors 198-199).
+PRESETS: dict[str, dict[str, Any]] = {
+    # What fits the 2-core CPU (measured: about 9 s per 8-row step of SmolLM2-135M): 4 retain authors.
+    "mini": dict(
+        retain_rows="0:80",
+        ft=dict(epochs=6, lr=2e-4, batch_size=8, warmup_epochs=0.5),
+        unlearn=dict(epochs=2, batch_size=4, lr=1e-5, warmup_epochs=0.2, dual_warmup_epochs=1),
+        subsets="retain=0:80:4;ra=0:100:5;wf=0:117:6",
+    ),
+    # The issue's universe: authors 0-19 (= retain_perturbed) + forget01; every evaluation item.
+    "issue": dict(
+        retain_rows="0:400",
+        ft=dict(epochs=6, lr=2e-4, batch_size=8, warmup_epochs=0.5),
+        unlearn=dict(epochs=2, batch_size=4, lr=1e-5, warmup_epochs=0.2, dual_warmup_epochs=1),
+        subsets=None,
+    ),
+}
+FORGET_ROWS = "3960:4000"
+
+# name -> (method, solver, method_args, label). PDU's dual: λ0 and η of the authors' run.sh, ε relative.
+METHODS: dict[str, tuple[str, str, dict, str]] = {
+    "pdu": ("pdu", "primal_dual", {}, "PDU (logit margin, primal-dual)"),
+    "pdu_entropy": ("pdu_entropy", "primal_dual", {}, "PDU (entropy, primal-dual)"),
+    "pdu_fixed": ("pdu", "scalarized", {"alpha": 100.0}, "logit margin, fixed λ = λ0 (scalarised)"),
+    "grad_ascent": ("grad_ascent", "scalarized", {}, "GradAscent"),
+    "grad_diff": ("grad_diff", "scalarized", {}, "GradDiff"),
+    "npo": ("npo", "scalarized", {}, "NPO"),
+    "simnpo": ("simnpo", "scalarized", {}, "SimNPO"),
+    "idk_dpo": ("idk_dpo", "scalarized", {}, "IdkDPO"),
+    "rmu": ("rmu", "scalarized", {}, "RMU"),
+    "undial": ("undial", "scalarized", {}, "UNDIAL"),
+}
+TABLE = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_ROUGE", "privleak")
+
+
+# --------------------------------------------------------------------------------------- configs
+def _base(kind: str, model: str, data_dir: str, cfg_p: dict):
+    from cel_jax import config_base
+
+    c = config_base.finetune_config() if kind == "finetune" else config_base.unlearn_config()
+    c.model.name_or_path = model
+    c.data.source = data_dir
+    c.data.max_length = 512
+    c.mesh.shape = (1, -1, 1)
+    c.grad_accum = 1
+    c.batch_size = cfg_p["batch_size"]
+    c.epochs = cfg_p["epochs"]
+    c.optim.lr = cfg_p["lr"]
+    c.optim.warmup_epochs = cfg_p["warmup_epochs"]
+    c.ckpt.every = 25
+    c.ckpt.keep = 1
+    c.export = True
+    return c
+
+
+def finetune_cfg(preset: dict, model: str, data_dir: str, with_forget: bool):
+    c = _base("finetune", model, data_dir, preset["ft"])
+    c.data.train_split = "full"
+    c.data.train_rows = preset["retain_rows"] + ("," + FORGET_ROWS if with_forget else "")
+    return c
+
+
+def unlearn_cfg(preset: dict, target: str, data_dir: str, name: str):
+    method, solver, args, _ = METHODS[name]
+    u = preset["unlearn"]
+    c = _base("unlearn", target, data_dir, u)
+    c.data.forget_split = "forget01"
+    c.data.retain_split = "full"
+    c.data.retain_rows = preset["retain_rows"]
+    c.method = method
+    c.solver = solver
+    for k, v in args.items():
+        c.method_args[k] = v
+    c.dual.lam0 = 100.0
+    c.dual.lr = 5.0
+    c.dual.eps = None
+    c.dual.eps_alpha = 0.25  # ε = 1.25 x the target's own retain loss (see bench/README.md)
+    c.dual.warmup_epochs = u["dual_warmup_epochs"]
+    c.dual.mode = "step"
+    return c
+
+
+def eval_overrides(preset: dict, data_dir: str, retain_logs: str | None) -> dict:
+    return dict(
+        data_dir=data_dir,
+        forget_split="forget01",
+        subsets=preset["subsets"],
+        retain_logs_path=retain_logs,
+        **preset.get("eval_extra", {}),
+    )
+
+
+# --------------------------------------------------------------------------------------- stages
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name("." + path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _done(stage: Path) -> dict | None:
+    f = stage / "DONE.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
+def train_stage(stage: Path, cfg, mode: str) -> dict:
+    """Fine-tune or unlearn into `stage` (resumes from its checkpoints); model exported to stage/model."""
+    from cel_jax import train
+
+    got = _done(stage)
+    if got is not None:
+        return got
+    print(f"\n=== {stage.name}: {mode} ({cfg.get('method', 'finetune')}) ===", flush=True)
+    t0 = time.time()
+    out = train.run(cfg, str(stage), mode)
+    rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    info = {"wall_s": round(time.time() - t0, 1), "summary": out["summary"], "final_row": rows[-1]}
+    _write_json(stage / "DONE.json", info)
+    return info
+
+
+def eval_stage(stage: Path, model_dir: Path, overrides: dict) -> dict:
+    """TOFU suite of the exported model in model_dir, written to `stage`."""
+    from cel_jax import hf_io
+    from cel_jax.evaluation import driver
+
+    got = _done(stage)
+    if got is not None:
+        return got
+    print(f"\n=== {stage.name}: TOFU eval of {model_dir} ===", flush=True)
+    t0 = time.time()
+    model, tok = hf_io.load_pretrained(str(model_dir))
+    res = driver.evaluate("tofu", model, tok, overrides, stage, model_name=str(model_dir))
+    info = {"wall_s": round(time.time() - t0, 1), "summary": res["summary"]}
+    _write_json(stage / "DONE.json", info)
+    return info
+
+
+# --------------------------------------------------------------------------------------- report
+def _curves(stage: Path) -> dict:
+    rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    keys = ("step", "loss", "forget_loss", "retain_loss", "eps", "dual", "dual_active")
+    return {k: [r[k] for r in rows] for k in keys}
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.3f}"
+    return str(v)
+
+
+def markdown(res: dict) -> str:
+    lines = [
+        "# TOFU-mini results",
+        "",
+        f"Regenerate: `{res['command']}` (stages cached in the work dir).",
+        "",
+        f"Model: {res['model']}. {res['protocol_text']}",
+        "",
+        "| model | " + " | ".join(TABLE) + " | train s | eval s |",
+        "|---|" + "---:|" * (len(TABLE) + 2),
+    ]
+    for name, row in res["rows"].items():
+        vals = [_fmt(row["summary"].get(k)) for k in TABLE]
+        lines.append(
+            f"| {row['label']} | " + " | ".join(vals) + f" | {_fmt(row.get('train_s'))} | {_fmt(row['eval_s'])} |"
+        )
+    lines += [
+        "",
+        "forget_quality: KS-test p-value of forget truth ratios against the retain model's (higher = closer to "
+        "the retain model); model_utility: harmonic mean of the 9 retain / real-author / world-fact scores; "
+        "privleak: (AUC − AUC_retain) / AUC_retain × 100 with Min-K 40 % (0 is the retain model). "
+        "Same definitions and names as open-unlearning (../shared/reference/evaluation.md).",
+        "",
+        f"Machine: {res['machine']}. Total wall time: {res['total_wall_s'] / 60:.1f} min.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plots(res: dict, out: Path) -> list[str]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    made = []
+
+    def save(fig, name):
+        FigureCanvasAgg(fig)
+        tmp = out / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out / name)
+        made.append(name)
+
+    fig = Figure(figsize=(7, 5))
+    ax = fig.add_subplot()
+    for name, row in res["rows"].items():
+        fq, mu = row["summary"].get("forget_quality"), row["summary"].get("model_utility")
+        if fq is None or mu is None:
+            continue
+        ax.scatter(mu, max(fq, 1e-30), marker="*" if name.startswith("pdu") else "o", s=80)
+        ax.annotate(row["label"].split(" (")[0] if name != "pdu_fixed" else "fixed λ", (mu, max(fq, 1e-30)),
+                    fontsize=8, xytext=(4, 3), textcoords="offset points")
+    ax.set(xlabel="model utility", ylabel="forget quality (log)", yscale="log",
+           title="TOFU-mini forget01: forget quality vs model utility")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save(fig, "fq_vs_mu.png")
+
+    pdu = res["curves"].get("pdu")
+    if pdu:
+        fig = Figure(figsize=(10, 3.6))
+        a1, a2 = fig.subplots(1, 2)
+        a1.plot(pdu["step"], pdu["dual"])
+        a1.set(title="PDU: λ", xlabel="optimizer step")
+        a2.plot(pdu["step"], [r - e for r, e in zip(pdu["retain_loss"], pdu["eps"], strict=True)])
+        a2.axhline(0, color="k", lw=0.8, ls="--")
+        a2.set(title="PDU: retain loss − ε", xlabel="optimizer step")
+        fig.tight_layout()
+        save(fig, "pdu_dual.png")
+
+    fig = Figure(figsize=(12, 6))
+    axes = fig.subplots(2, 5).ravel()
+    for ax, (name, cur) in zip(axes, res["curves"].items(), strict=False):
+        ax.plot(cur["step"], cur["forget_loss"])
+        ax.set_title(res["rows"][name]["label"].split(" (")[0] if name != "pdu_fixed" else "fixed λ", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+    fig.suptitle("forget loss per method (each method's own loss)")
+    fig.tight_layout()
+    save(fig, "forget_loss_curves.png")
+    return made
+
+
+# --------------------------------------------------------------------------------------- main
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, load at the end {tuple(round(x, 1) for x in os.getloadavg())}"
+
+
+def run(preset_name: str, workdir: Path, out: Path, methods: list[str], model: str, data_dir: str) -> dict:
+    if preset_name not in PRESETS:
+        raise ValueError(f"unknown preset {preset_name!r}; expected one of {sorted(PRESETS)}")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise ValueError(f"unknown methods {bad}; expected some of {list(METHODS)}")
+    if not (Path(data_dir) / "full.jsonl").exists():
+        raise FileNotFoundError(f"TOFU JSONL files not found in {data_dir} (full.jsonl)")
+    preset = PRESETS[preset_name]
+    workdir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+
+    target = train_stage(workdir / "target", finetune_cfg(preset, model, data_dir, True), "finetune")
+    retain = train_stage(workdir / "retain", finetune_cfg(preset, model, data_dir, False), "finetune")
+    ev_retain = eval_stage(workdir / "eval_retain", workdir / "retain" / "model", eval_overrides(preset, data_dir, None))
+    retain_logs = str(workdir / "eval_retain" / "TOFU_EVAL.json")
+    ov = eval_overrides(preset, data_dir, retain_logs)
+    ev_target = eval_stage(workdir / "eval_target", workdir / "target" / "model", ov)
+
+    rows = {
+        "retain": {"label": "retain model (reference)", "summary": ev_retain["summary"],
+                   "train_s": retain["wall_s"], "eval_s": ev_retain["wall_s"]},
+        "target": {"label": "target (before unlearning)", "summary": ev_target["summary"],
+                   "train_s": target["wall_s"], "eval_s": ev_target["wall_s"]},
+    }
+    curves = {}
+    for name in methods:
+        st = workdir / name
+        tr = train_stage(st, unlearn_cfg(preset, str(workdir / "target" / "model"), data_dir, name), "unlearn")
+        ev = eval_stage(st / "eval", st / "model", ov)
+        rows[name] = {"label": METHODS[name][3], "summary": ev["summary"], "train_s": tr["wall_s"],
+                      "eval_s": ev["wall_s"], "final": tr["final_row"], "lambda_end": tr["summary"]["dual"],
+                      "eps": tr["summary"]["eps"]}
+        curves[name] = _curves(st)
+        report(preset_name, preset, model, rows, curves, out, time.time() - t0)  # partial table after each
+    return report(preset_name, preset, model, rows, curves, out, time.time() - t0)
+
+
+def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> dict:
+    ft, ul = preset["ft"], preset["unlearn"]
+    text = (
+        f"Preset `{preset_name}`: universe = TOFU `full` rows {preset['retain_rows']} + forget01 ({FORGET_ROWS}); "
+        f"fine-tune {ft['epochs']} epochs, lr {ft['lr']}, batch {ft['batch_size']}; "
+        f"unlearning {ul['epochs']} epochs, batch {ul['batch_size']} forget + {ul['batch_size']} retain rows, "
+        f"lr {ul['lr']} for every method; evaluation subsets: {preset['subsets'] or 'none (every item)'}."
+    )
+    res = {
+        "command": f"python -m bench.tofu_mini --preset {preset_name}",
+        "preset": preset_name,
+        "protocol": preset,
+        "protocol_text": text,
+        "model": model,
+        "machine": machine(),
+        "total_wall_s": round(wall, 1),
+        "rows": rows,
+        "curves": curves,
+    }
+    _write_json(out / "results.json", res)
+    tmp = out / ".results.md.tmp"
+    tmp.write_text(markdown(res))
+    os.replace(tmp, out / "results.md")
+    res["plots"] = plots(res, out)
+    return res
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="mini", choices=sorted(PRESETS))
+    ap.add_argument("--workdir", default=str(ROOT / "runs" / "tofu_mini"))
+    ap.add_argument("--out", default=str(ROOT / "results" / "tofu_mini"))
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--data", default=str(DATA))
+    a = ap.parse_args(argv)
+    res = run(a.preset, Path(a.workdir), Path(a.out), [m for m in a.methods.split(",") if m], a.model, a.data)
+    print(Path(a.out, "results.md").read_text())
+    print(f"done in {res['total_wall_s'] / 60:.1f} min -> {a.out}")
+
+
+if __name__ == "__main__":
+    main()

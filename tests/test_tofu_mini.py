@@ -1,0 +1,75 @@
+"""bench.tofu_mini end to end on a tiny random model: every stage runs, is cached, and the report holds the
+table's metrics (computed, not invented), the PDU dual curves and the plots."""
+
+import json
+
+import pytest
+from conftest import TOFU_DIR
+from tiny_model import make_tiny_model_dir
+
+from bench import tofu_mini
+
+TINY = dict(
+    retain_rows="0:8",
+    ft=dict(epochs=1, lr=1e-3, batch_size=8, warmup_epochs=0.0),
+    unlearn=dict(epochs=2, batch_size=8, lr=1e-3, warmup_epochs=0.0, dual_warmup_epochs=1),
+    subsets="forget=0:8;holdout=0:8;retain=0:8:2;ra=0:4;wf=0:4",
+    eval_extra=dict(max_new_tokens=4, bucket_multiple=64, generation_batch_size=32, progress=False),
+)
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tofu_mini")
+    model = make_tiny_model_dir(root / "tiny")
+    tofu_mini.PRESETS["tiny"] = TINY
+    try:
+        res = tofu_mini.run("tiny", root / "work", root / "out", ["pdu", "grad_diff"], str(model), str(TOFU_DIR))
+    finally:
+        del tofu_mini.PRESETS["tiny"]
+    return root, res
+
+
+def test_every_stage_and_the_report(mini):
+    root, res = mini
+    work, out = root / "work", root / "out"
+    for stage in ("target", "retain", "eval_retain", "eval_target", "pdu", "pdu/eval", "grad_diff/eval"):
+        assert (work / stage / "DONE.json").exists(), stage
+    # the target saw the forget rows, the retain model did not
+    cfg_t = json.loads((work / "target" / "metrics.jsonl").read_text().splitlines()[0])
+    assert cfg_t["step"] == 1
+    assert set(res["rows"]) == {"retain", "target", "pdu", "grad_diff"}
+    for name in ("target", "pdu", "grad_diff"):
+        s = res["rows"][name]["summary"]
+        assert s["forget_quality"] is not None and 0.0 <= s["forget_quality"] <= 1.0
+        assert s["privleak"] is not None and s["subsets"] == TINY["subsets"]
+    # the retain model has no retain logs of its own: forget_quality is missing, never invented
+    assert res["rows"]["retain"]["summary"]["forget_quality"] is None
+    pdu = res["curves"]["pdu"]
+    assert len(pdu["dual"]) == 10 and pdu["dual"][0] == 100.0  # forget01: 40 rows / 8 per step x 2 epochs
+    assert not pdu["dual_active"][0] and pdu["dual_active"][-1]  # one warm-start epoch with λ fixed
+    assert set(res["plots"]) == {"fq_vs_mu.png", "pdu_dual.png", "forget_loss_curves.png"}
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["rows"]["pdu"]["summary"] == res["rows"]["pdu"]["summary"]
+    md = (out / "results.md").read_text()
+    assert "PDU (logit margin, primal-dual)" in md and "forget_quality" in md
+
+
+def test_rerun_is_cached(mini):
+    root, res = mini
+    tofu_mini.PRESETS["tiny"] = TINY
+    try:
+        again = tofu_mini.run("tiny", root / "work", root / "out2", ["pdu"], "unused-model", str(TOFU_DIR))
+    finally:
+        del tofu_mini.PRESETS["tiny"]
+    assert again["rows"]["pdu"]["summary"] == res["rows"]["pdu"]["summary"]
+
+
+def test_bad_input_before_work(tmp_path):
+    with pytest.raises(ValueError, match="unknown methods"):
+        tofu_mini.run("mini", tmp_path, tmp_path, ["pdu", "nope"], "m", str(TOFU_DIR))
+    with pytest.raises(ValueError, match="unknown preset"):
+        tofu_mini.run("huge", tmp_path, tmp_path, ["pdu"], "m", str(TOFU_DIR))
+    with pytest.raises(FileNotFoundError, match="full.jsonl"):
+        tofu_mini.run("mini", tmp_path, tmp_path, ["pdu"], "m", str(tmp_path))
+    assert not list(tmp_path.iterdir())
