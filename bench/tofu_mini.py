@@ -189,10 +189,12 @@ def markdown(res: dict) -> str:
         "| model | " + " | ".join(TABLE) + " | train s | eval s |",
         "|---|" + "---:|" * (len(TABLE) + 2),
     ]
-    for name, row in res["rows"].items():
+    for row in res["rows"].values():
         vals = [_fmt(row["summary"].get(k)) for k in TABLE]
         lines.append(
-            f"| {row['label']} | " + " | ".join(vals) + f" | {_fmt(row.get('train_s'))} | {_fmt(row['eval_s'])} |"
+            f"| {row['label']} | "
+            + " | ".join(vals)
+            + f" | {_fmt(row.get('train_s'))} | {_fmt(row['eval_s'])} |"
         )
     lines += [
         "",
@@ -226,10 +228,19 @@ def plots(res: dict, out: Path) -> list[str]:
         if fq is None or mu is None:
             continue
         ax.scatter(mu, max(fq, 1e-30), marker="*" if name.startswith("pdu") else "o", s=80)
-        ax.annotate(row["label"].split(" (")[0] if name != "pdu_fixed" else "fixed λ", (mu, max(fq, 1e-30)),
-                    fontsize=8, xytext=(4, 3), textcoords="offset points")
-    ax.set(xlabel="model utility", ylabel="forget quality (log)", yscale="log",
-           title="TOFU-mini forget01: forget quality vs model utility")
+        ax.annotate(
+            row["label"].split(" (")[0] if name != "pdu_fixed" else "fixed λ",
+            (mu, max(fq, 1e-30)),
+            fontsize=8,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
+    ax.set(
+        xlabel="model utility",
+        ylabel="forget quality (log)",
+        yscale="log",
+        title="TOFU-mini forget01: forget quality vs model utility",
+    )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save(fig, "fq_vs_mu.png")
@@ -250,7 +261,9 @@ def plots(res: dict, out: Path) -> list[str]:
     axes = fig.subplots(2, 5).ravel()
     for ax, (name, cur) in zip(axes, res["curves"].items(), strict=False):
         ax.plot(cur["step"], cur["forget_loss"])
-        ax.set_title(res["rows"][name]["label"].split(" (")[0] if name != "pdu_fixed" else "fixed λ", fontsize=9)
+        ax.set_title(
+            res["rows"][name]["label"].split(" (")[0] if name != "pdu_fixed" else "fixed λ", fontsize=9
+        )
         ax.set_xlabel("step", fontsize=8)
     fig.suptitle("forget loss per method (each method's own loss)")
     fig.tight_layout()
@@ -286,25 +299,43 @@ def run(preset_name: str, workdir: Path, out: Path, methods: list[str], model: s
 
     target = train_stage(workdir / "target", finetune_cfg(preset, model, data_dir, True), "finetune")
     retain = train_stage(workdir / "retain", finetune_cfg(preset, model, data_dir, False), "finetune")
-    ev_retain = eval_stage(workdir / "eval_retain", workdir / "retain" / "model", eval_overrides(preset, data_dir, None))
+    ev_retain = eval_stage(
+        workdir / "eval_retain", workdir / "retain" / "model", eval_overrides(preset, data_dir, None)
+    )
     retain_logs = str(workdir / "eval_retain" / "TOFU_EVAL.json")
     ov = eval_overrides(preset, data_dir, retain_logs)
     ev_target = eval_stage(workdir / "eval_target", workdir / "target" / "model", ov)
 
     rows = {
-        "retain": {"label": "retain model (reference)", "summary": ev_retain["summary"],
-                   "train_s": retain["wall_s"], "eval_s": ev_retain["wall_s"]},
-        "target": {"label": "target (before unlearning)", "summary": ev_target["summary"],
-                   "train_s": target["wall_s"], "eval_s": ev_target["wall_s"]},
+        "retain": {
+            "label": "retain model (reference)",
+            "summary": ev_retain["summary"],
+            "train_s": retain["wall_s"],
+            "eval_s": ev_retain["wall_s"],
+        },
+        "target": {
+            "label": "target (before unlearning)",
+            "summary": ev_target["summary"],
+            "train_s": target["wall_s"],
+            "eval_s": ev_target["wall_s"],
+        },
     }
     curves = {}
     for name in methods:
         st = workdir / name
-        tr = train_stage(st, unlearn_cfg(preset, str(workdir / "target" / "model"), data_dir, name), "unlearn")
+        tr = train_stage(
+            st, unlearn_cfg(preset, str(workdir / "target" / "model"), data_dir, name), "unlearn"
+        )
         ev = eval_stage(st / "eval", st / "model", ov)
-        rows[name] = {"label": METHODS[name][3], "summary": ev["summary"], "train_s": tr["wall_s"],
-                      "eval_s": ev["wall_s"], "final": tr["final_row"], "lambda_end": tr["summary"]["dual"],
-                      "eps": tr["summary"]["eps"]}
+        rows[name] = {
+            "label": METHODS[name][3],
+            "summary": ev["summary"],
+            "train_s": tr["wall_s"],
+            "eval_s": ev["wall_s"],
+            "final": tr["final_row"],
+            "lambda_end": tr["summary"]["dual"],
+            "eps": tr["summary"]["eps"],
+        }
         curves[name] = _curves(st)
         report(preset_name, preset, model, rows, curves, out, time.time() - t0)  # partial table after each
     return report(preset_name, preset, model, rows, curves, out, time.time() - t0)
@@ -313,10 +344,10 @@ def run(preset_name: str, workdir: Path, out: Path, methods: list[str], model: s
 def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> dict:
     ft, ul = preset["ft"], preset["unlearn"]
     text = (
-        f"Preset `{preset_name}`: universe = TOFU `full` rows {preset['retain_rows']} + forget01 ({FORGET_ROWS}); "
-        f"fine-tune {ft['epochs']} epochs, lr {ft['lr']}, batch {ft['batch_size']}; "
-        f"unlearning {ul['epochs']} epochs, batch {ul['batch_size']} forget + {ul['batch_size']} retain rows, "
-        f"lr {ul['lr']} for every method; evaluation subsets: {preset['subsets'] or 'none (every item)'}."
+        f"Preset `{preset_name}`: universe = TOFU `full` rows {preset['retain_rows']}"
+        f" + forget01 ({FORGET_ROWS}); fine-tune {ft['epochs']} epochs, lr {ft['lr']}, batch {ft['batch_size']}; "
+        f"unlearning {ul['epochs']} epochs, batch {ul['batch_size']} forget + {ul['batch_size']}"
+        f" retain rows, lr {ul['lr']} for every method; evaluation subsets: {preset['subsets'] or 'none (every item)'}."
     )
     res = {
         "command": f"python -m bench.tofu_mini --preset {preset_name}",

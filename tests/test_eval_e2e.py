@@ -283,7 +283,11 @@ def test_subsets_select_rows_of_single_sets():
     assert [r["question"] for r in rows["retain"]] == [full["retain"][i]["question"] for i in range(0, 80, 4)]
     assert len(rows["ra"]) == 20 and rows["wf"] == [full["wf"][3]]
     assert rows["forget"] == full["forget"] and len(rows["holdout"]) == 40  # untouched sets stay whole
-    for bad, msg in (("retian=0:4", "not 'set=rows'"), ("retain=0:4:0", "step"), ("retain", "not 'set=rows'")):
+    for bad, msg in (
+        ("retian=0:4", "not 'set=rows'"),
+        ("retain=0:4:0", "step"),
+        ("retain", "not 'set=rows'"),
+    ):
         cfg.subsets = bad
         with pytest.raises(ValueError, match=msg):
             tofu.validate(cfg)

@@ -24,7 +24,9 @@ def mini(tmp_path_factory):
     model = make_tiny_model_dir(root / "tiny")
     tofu_mini.PRESETS["tiny"] = TINY
     try:
-        res = tofu_mini.run("tiny", root / "work", root / "out", ["pdu", "grad_diff"], str(model), str(TOFU_DIR))
+        res = tofu_mini.run(
+            "tiny", root / "work", root / "out", ["pdu", "grad_diff"], str(model), str(TOFU_DIR)
+        )
     finally:
         del tofu_mini.PRESETS["tiny"]
     return root, res

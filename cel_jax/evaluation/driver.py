@@ -118,9 +118,11 @@ def format_report(
 ) -> str:
     """The summary table, the notes of missing metrics and the time per metric group."""
     values = {k: v for k, v in summary.items() if k not in ("max_items", "subsets")}
-    title = f"{name} evaluation" + (
-        f" (first {summary['max_items']} items)" if summary.get("max_items") else ""
-    ) + (f" (subsets {summary['subsets']})" if summary.get("subsets") else "")
+    title = (
+        f"{name} evaluation"
+        + (f" (first {summary['max_items']} items)" if summary.get("max_items") else "")
+        + (f" (subsets {summary['subsets']})" if summary.get("subsets") else "")
+    )
     lines = [R.render_table(values, title=title)]
     notes = [
         f"  {k}: {logs[k]['note']}" for k in values if isinstance(logs.get(k), Mapping) and "note" in logs[k]
