@@ -198,8 +198,9 @@ def markdown(res: dict) -> str:
         )
     lines += [
         "",
-        "forget_quality: KS-test p-value of forget truth ratios against the retain model's (higher = closer to "
-        "the retain model); model_utility: harmonic mean of the 9 retain / real-author / world-fact scores; "
+        "forget_quality: KS-test p-value of forget truth ratios against the retain model's "
+        "(higher = closer to the retain model); model_utility: harmonic mean of the 9 retain / "
+        "real-author / world-fact scores; "
         "privleak: (AUC − AUC_retain) / AUC_retain × 100 with Min-K 40 % (0 is the retain model). "
         "Same definitions and names as open-unlearning (../shared/reference/evaluation.md).",
         "",
@@ -345,9 +346,10 @@ def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> 
     ft, ul = preset["ft"], preset["unlearn"]
     text = (
         f"Preset `{preset_name}`: universe = TOFU `full` rows {preset['retain_rows']}"
-        f" + forget01 ({FORGET_ROWS}); fine-tune {ft['epochs']} epochs, lr {ft['lr']}, batch {ft['batch_size']}; "
-        f"unlearning {ul['epochs']} epochs, batch {ul['batch_size']} forget + {ul['batch_size']}"
-        f" retain rows, lr {ul['lr']} for every method; evaluation subsets: {preset['subsets'] or 'none (every item)'}."
+        f" + forget01 ({FORGET_ROWS}); fine-tune {ft['epochs']} epochs, lr {ft['lr']},"
+        f" batch {ft['batch_size']}; unlearning {ul['epochs']} epochs, batch {ul['batch_size']} forget"
+        f" + {ul['batch_size']} retain rows, lr {ul['lr']} for every method;"
+        f" evaluation subsets: {preset['subsets'] or 'none (every item)'}."
     )
     res = {
         "command": f"python -m bench.tofu_mini --preset {preset_name}",
