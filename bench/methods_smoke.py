@@ -65,8 +65,11 @@ def main() -> None:
         "command": f"python -m bench.methods_smoke --steps {args.steps}",
         "model": "smollm2-135m-instruct (embedded)",
         "data": "TOFU forget01 / retain99 (../shared/data/tofu)",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "loadavg": os.getloadavg()},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "loadavg": os.getloadavg(),
+        },
         "methods": results,
     }
     tmp = Path(args.out).with_suffix(".tmp")
