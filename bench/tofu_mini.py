@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -204,7 +205,8 @@ def markdown(res: dict) -> str:
         "privleak: (AUC − AUC_retain) / AUC_retain × 100 with Min-K 40 % (0 is the retain model). "
         "Same definitions and names as open-unlearning (../shared/reference/evaluation.md).",
         "",
-        f"Machine: {res['machine']}. Total wall time: {res['total_wall_s'] / 60:.1f} min.",
+        f"Machine: {res['machine']}. Wall time of all stages (fine-tuning, unlearning, evaluation):"
+        f" {res['total_wall_s'] / 60:.1f} min.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -342,6 +344,17 @@ def run(preset_name: str, workdir: Path, out: Path, methods: list[str], model: s
     return report(preset_name, preset, model, rows, curves, out, time.time() - t0)
 
 
+def _finite(x):
+    """NaN / inf -> None, recursively (strict JSON; fine-tuning rows have no retain loss)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
 def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> dict:
     ft, ul = preset["ft"], preset["unlearn"]
     text = (
@@ -358,9 +371,15 @@ def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> 
         "protocol_text": text,
         "model": model,
         "machine": machine(),
-        "total_wall_s": round(wall, 1),
-        "rows": rows,
-        "curves": curves,
+        # compute time of all stages (from their DONE.json), whether they ran now or in an earlier call
+        "total_wall_s": round(
+            sum(r.get("train_s") or 0.0 for r in rows.values())
+            + sum(r.get("eval_s") or 0.0 for r in rows.values()),
+            1,
+        ),
+        "this_call_wall_s": round(wall, 1),
+        "rows": _finite(rows),
+        "curves": _finite(curves),
     }
     _write_json(out / "results.json", res)
     tmp = out / ".results.md.tmp"
@@ -381,7 +400,10 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     res = run(a.preset, Path(a.workdir), Path(a.out), [m for m in a.methods.split(",") if m], a.model, a.data)
     print(Path(a.out, "results.md").read_text())
-    print(f"done in {res['total_wall_s'] / 60:.1f} min -> {a.out}")
+    print(
+        f"stages took {res['total_wall_s'] / 60:.1f} min"
+        f" ({res['this_call_wall_s'] / 60:.1f} in this call) -> {a.out}"
+    )
 
 
 if __name__ == "__main__":

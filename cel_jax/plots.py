@@ -13,13 +13,14 @@ def training_curves(metrics_path: Path, out_path: Path) -> Path | None:
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # no pyplot: the caller's matplotlib backend is left untouched
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    fig = Figure(figsize=(14, 3.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     axes[0].plot(steps, [r["forget_loss"] for r in rows])
     axes[0].set(
         title="forget loss",
@@ -35,6 +36,5 @@ def training_curves(metrics_path: Path, out_path: Path) -> Path | None:
     fig.tight_layout()
     tmp = out_path.with_name(out_path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=110)
-    plt.close(fig)
     tmp.replace(out_path)
     return out_path

@@ -63,14 +63,25 @@ def _fake_results(root: Path) -> Path:
             "goals": [goal("(1) speedup", 1.7, ">= 1.5", True), goal("(2) ratio", 1.05, "<= 1.03", False)],
         },
     )
-    curve = {"step": [1, 2, 3], "dual": [100.0, 100.0, 101.5], "retain_loss": [0.1, 0.2, 0.3], "eps": [0.2] * 3}
+    curve = {
+        "step": [1, 2, 3],
+        "dual": [100.0, 100.0, 101.5],
+        "retain_loss": [0.1, 0.2, 0.3],
+        "eps": [0.2] * 3,
+    }
     _write(
         root / "tofu_mini" / "results.json",
         {
             "protocol_text": "preset test",
             "rows": {
-                "retain": {"label": "retain model", "summary": {"forget_quality": None, "model_utility": 0.6}},
-                "pdu": {"label": "PDU (logit margin)", "summary": {"forget_quality": 0.3, "model_utility": 0.5}},
+                "retain": {
+                    "label": "retain model",
+                    "summary": {"forget_quality": None, "model_utility": 0.6},
+                },
+                "pdu": {
+                    "label": "PDU (logit margin)",
+                    "summary": {"forget_quality": 0.3, "model_utility": 0.5},
+                },
                 "npo": {"label": "NPO", "summary": {"forget_quality": 1e-4, "model_utility": 0.4}},
             },
             "curves": {"pdu": curve},
