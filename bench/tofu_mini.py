@@ -33,14 +33,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "mini": dict(
         retain_rows="0:80",
         ft=dict(epochs=6, lr=2e-4, batch_size=8, warmup_epochs=0.5),
-        unlearn=dict(epochs=2, batch_size=4, lr=1e-5, warmup_epochs=0.2, dual_warmup_epochs=1),
+        unlearn=dict(epochs=2, batch_size=4, lr=2e-4, warmup_epochs=0.2, dual_warmup_epochs=1),
         subsets="retain=0:80:4;ra=0:100:5;wf=0:117:6",
     ),
     # The issue's universe: authors 0-19 (= retain_perturbed) + forget01; every evaluation item.
     "issue": dict(
         retain_rows="0:400",
         ft=dict(epochs=6, lr=2e-4, batch_size=8, warmup_epochs=0.5),
-        unlearn=dict(epochs=2, batch_size=4, lr=1e-5, warmup_epochs=0.2, dual_warmup_epochs=1),
+        unlearn=dict(epochs=2, batch_size=4, lr=2e-4, warmup_epochs=0.2, dual_warmup_epochs=1),
         subsets=None,
     ),
 }
@@ -202,7 +202,8 @@ def markdown(res: dict) -> str:
         "forget_quality: KS-test p-value of forget truth ratios against the retain model's "
         "(higher = closer to the retain model); model_utility: harmonic mean of the 9 retain / "
         "real-author / world-fact scores; "
-        "privleak: (AUC − AUC_retain) / AUC_retain × 100 with Min-K 40 % (0 is the retain model). "
+        "privleak: (s − s_retain) / s_retain × 100 with s = 1 − AUC of Min-K 40 % (0 = the retain model, "
+        "−100 = fully exposed). "
         "Same definitions and names as open-unlearning (../shared/reference/evaluation.md).",
         "",
         f"Machine: {res['machine']}. Wall time of all stages (fine-tuning, unlearning, evaluation):"
