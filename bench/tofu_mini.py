@@ -175,6 +175,8 @@ def _fmt(v) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
+        if abs(v) >= 10:
+            return f"{v:.1f}"
         return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.3f}"
     return str(v)
 
@@ -195,7 +197,8 @@ def markdown(res: dict) -> str:
         lines.append(
             f"| {row['label']} | "
             + " | ".join(vals)
-            + f" | {_fmt(row.get('train_s'))} | {_fmt(row['eval_s'])} |"
+            + "".join(f" | {row[k]:.0f}" if row.get(k) is not None else " | –" for k in ("train_s", "eval_s"))
+            + " |"
         )
     lines += [
         "",
