@@ -242,6 +242,10 @@ def plots(res: dict, out: Path) -> list[str]:
             xytext=(4, 3),
             textcoords="offset points",
         )
+    mu_retain = res["rows"].get("retain", {}).get("summary", {}).get("model_utility")
+    if mu_retain is not None:  # the retain model has no forget quality of its own (it is the reference)
+        ax.axvline(mu_retain, color="gray", ls=":", lw=1, label="retain model's utility")
+        ax.legend(fontsize=8, loc="lower left")
     ax.set(
         xlabel="model utility",
         ylabel="forget quality (log)",
@@ -264,8 +268,11 @@ def plots(res: dict, out: Path) -> list[str]:
         fig.tight_layout()
         save(fig, "pdu_dual.png")
 
-    fig = Figure(figsize=(12, 6))
-    axes = fig.subplots(2, 5).ravel()
+    n_rows = max(1, math.ceil(len(res["curves"]) / 5))
+    fig = Figure(figsize=(12, 3 * n_rows))
+    axes = fig.subplots(n_rows, 5, squeeze=False).ravel()
+    for ax in axes[len(res["curves"]) :]:
+        ax.set_visible(False)
     for ax, (name, cur) in zip(axes, res["curves"].items(), strict=False):
         ax.plot(cur["step"], cur["forget_loss"])
         ax.set_title(
