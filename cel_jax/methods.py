@@ -305,6 +305,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # `dual_update_upon: step` updates once per compute_loss call, i.e. per micro-batch.
     "pdu": dict(
         gamma=1.0,
+        alpha=1.0,  # retain weight under solver=scalarized: the fixed-λ ablation (not a reference field)
         lam0=1.0,
         eps=None,
         dual_lr=1.0,
@@ -317,6 +318,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     ),
     "pdu_entropy": dict(
         gamma=1.0,
+        alpha=1.0,  # as pdu
         lam0=1.0,
         eps=None,
         dual_lr=1.0,

@@ -2,6 +2,7 @@
 table's metrics (computed, not invented), the PDU dual curves and the plots."""
 
 import json
+import types
 
 import pytest
 from conftest import TOFU_DIR
@@ -75,3 +76,17 @@ def test_bad_input_before_work(tmp_path):
     with pytest.raises(FileNotFoundError, match="full.jsonl"):
         tofu_mini.run("mini", tmp_path, tmp_path, ["pdu"], "m", str(tmp_path))
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", list(tofu_mini.METHODS))
+def test_every_method_config_is_valid(name):
+    """Each table entry's config passes the engine's checks (no model is loaded)."""
+    from cel_jax import train
+
+    c = tofu_mini.unlearn_cfg(tofu_mini.PRESETS["mini"], "target", str(TOFU_DIR), name)
+    c.batch_size = 8  # a multiple of the 8 fake test devices
+    train.validate_config(c, "unlearn")
+    spec = train.make_spec(c, types.SimpleNamespace(n_layers=30, d_model=576), "unlearn")
+    assert spec.method == tofu_mini.METHODS[name][0] and spec.solver == tofu_mini.METHODS[name][1]
+    if name == "pdu_fixed":
+        assert spec.alpha == 100.0  # λ fixed at the primal-dual runs' λ0
