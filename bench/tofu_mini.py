@@ -376,7 +376,8 @@ def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> 
         f" evaluation subsets: {preset['subsets'] or 'none (every item)'}."
     )
     res = {
-        "command": f"python -m bench.tofu_mini --preset {preset_name}",
+        "command": f"python -m bench.tofu_mini --preset {preset_name}"
+        + ("" if set(METHODS) <= set(rows) else " --methods " + ",".join(k for k in rows if k in METHODS)),
         "preset": preset_name,
         "protocol": preset,
         "protocol_text": text,
