@@ -287,14 +287,9 @@ def plots(res: dict, out: Path) -> list[str]:
 
 # --------------------------------------------------------------------------------------- main
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from bench.throughput import cpu_name
+
+    cpu = cpu_name() or platform.machine()
     return f"{cpu}, {os.cpu_count()} cores, load at the end {tuple(round(x, 1) for x in os.getloadavg())}"
 
 
