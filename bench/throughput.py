@@ -220,11 +220,38 @@ def _unlearn_cfg(method: str, solver: str, lam0: float, eps: float, dual_lr: flo
     return cfg
 
 
+def answer_row_spec(spec, batch: dict, lm_head_rows: str):
+    """`spec` with the answer-row capacities cel_jax.train.answer_row_plan would pick for this batch's
+    sequences (lm_head_rows="answers", the default), or unchanged ("all": LM head on every row)."""
+    from cel_jax import answer_rows, methods
+
+    if lm_head_rows == "all":
+        return spec
+    parts = answer_rows.eligible_parts(
+        methods.get_method(spec.method), dict(spec.forget_hp), spec.retain_kind, spec.compat
+    )
+    caps = tuple(
+        (p, answer_rows.capacity(batch[p]["labels"].reshape(-1, batch[p]["labels"].shape[-1])))
+        for p in sorted(parts)
+    )
+    return spec.replace(answer_rows=caps)
+
+
 def make_jax_step(
-    model, method: str, solver: str, *, lam0: float = 1.0, eps: float = 1.0, dual_lr: float = 1.0, params=None
+    model,
+    method: str,
+    solver: str,
+    batch: dict,
+    *,
+    lam0: float = 1.0,
+    eps: float = 1.0,
+    dual_lr: float = 1.0,
+    params=None,
+    lm_head_rows: str = "answers",
 ) -> dict:
-    """The training loop's step, wired as cel_jax.train.run does: make_spec, make_optimizer, create_state,
-    jax.jit(train_step, donate_argnums=0). `params` (pure dict) defaults to the model's own arrays."""
+    """The training loop's step, wired as cel_jax.train.run does: make_spec (+ answer-row plan),
+    make_optimizer, create_state, jax.jit(train_step, donate_argnums=0). `params` (pure dict) defaults to
+    the model's own arrays."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -233,7 +260,7 @@ def make_jax_step(
     from cel_jax import step as step_lib
 
     cfg = _unlearn_cfg(method, solver, lam0, eps, dual_lr)
-    spec = train.make_spec(cfg, model.cfg, "unlearn")
+    spec = answer_row_spec(train.make_spec(cfg, model.cfg, "unlearn"), batch, lm_head_rows)
     graphdef, params_state = nnx.split(model, nnx.Param)
     if params is None:
         params = nnx.to_pure_dict(params_state)
@@ -282,10 +309,12 @@ def jax_breakdown(st: dict, batch: dict, reps: int) -> dict:
     import jax
     import optax
 
+    from cel_jax import answer_rows
     from cel_jax import step as step_lib
 
     spec, graphdef, tx = st["spec"], st["graphdef"], st["tx"]
     mb = jax.device_put(jax.tree.map(lambda x: x[0], batch))
+    mb = answer_rows.compact_batch(mb, spec.answer_rows)  # as train_step does per micro-batch
     s = st["state"]
     fwd = jax.jit(lambda p, mb, lam, eps: step_lib.objective(p, lam, eps, mb, {}, {}, graphdef, spec)[0])
 
@@ -305,94 +334,6 @@ def jax_breakdown(st: dict, batch: dict, reps: int) -> dict:
         o_t.append(timed(lambda: jax.block_until_ready(opt(s.params, s.opt_state, s.params)))[1])
     out["forward_s"], out["optimizer_s"] = median(f_t), median(o_t)
     return out
-
-
-def answer_capacity(batch: dict, multiple: int = 32) -> int:
-    """Rows that predict an answer token (labels[:, 1:] != IGNORE), max over the parts, rounded up."""
-    n = max(int(np.sum(p["labels"][:, :, 1:] != IGNORE, axis=(1, 2)).max()) for p in batch.values())
-    return max(multiple, -(-n // multiple) * multiple)
-
-
-def _hidden_BTD(model, part: dict):
-    """Llama.__call__ up to (not including) the final norm and the LM head (arange positions)."""
-    import jax.numpy as jnp
-
-    from cel_jax.model.config import rope_inv_freq
-    from cel_jax.model.llama import rope_cos_sin
-
-    ids_BT, mask_BT = part["input_ids"], part["attention_mask"]
-    B, T = ids_BT.shape
-    mask_BTS = jnp.tril(jnp.ones((T, T), bool))[None] & mask_BT.astype(bool)[:, None, :]
-    cos, sin = rope_cos_sin(jnp.broadcast_to(jnp.arange(T), (B, T)), jnp.asarray(rope_inv_freq(model.cfg)))
-    x_BTD = model.embed_tokens(ids_BT)
-    for layer in model.layers:
-        x_BTD = layer(x_BTD, cos, sin, mask_BTS)[0]
-    return x_BTD
-
-
-def _answer_logits(model, part: dict, cap: int):
-    """LM head on the (at most cap) rows that predict answer tokens: (logits_CV, targets_C, valid_C)."""
-    import jax.numpy as jnp
-
-    x_BtD = _hidden_BTD(model, part)[:, :-1]
-    x_ND = x_BtD.reshape(-1, x_BtD.shape[-1])
-    tgt_N = part["labels"][:, 1:].reshape(-1)
-    valid_N = tgt_N != IGNORE
-    idx_C = jnp.nonzero(valid_N, size=cap, fill_value=0)[0]
-    valid_C = jnp.arange(cap) < jnp.sum(valid_N)
-    return model.unembed(x_ND[idx_C]), jnp.where(valid_C, tgt_N[idx_C], 0), valid_C
-
-
-def answer_rows_pdu_step(state, batch, hp, *, graphdef, tx, cap: int):
-    """PROTOTYPE (M = 1, dual mode "step"): the PDU step with the same Lagrangian (logit margin, token mean
-    CE, λ, ε), but the LM head and both losses run only on the rows that predict answer tokens (a static
-    capacity `cap` per part) instead of all B·T rows. Not part of cel_jax."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from cel_jax import dual as dual_lib
-    from cel_jax import losses
-
-    mb = jax.tree.map(lambda x: x[0], batch)
-
-    def objective(params):
-        model = nnx.merge(graphdef, params)
-        z_f, _, v_f = _answer_logits(model, mb["forget"], cap)
-        l_f = losses.masked_mean(losses.margin_sq(z_f), v_f)
-        z_r, t_r, v_r = _answer_logits(model, mb["retain"], cap)
-        z_r = z_r.astype(jnp.float32)
-        nll_C = jax.nn.logsumexp(z_r, axis=-1) - jnp.take_along_axis(z_r, t_r[:, None], axis=-1)[:, 0]
-        l_r = losses.masked_mean(nll_C, v_r)
-        return dual_lib.lagrangian(l_f, l_r, state.dual, state.eps), l_r
-
-    (loss, l_r), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    lam = dual_lib.dual_update(state.dual, l_r, state.eps, hp["dual_lr"], hp["dual_active"], hp["lam_max"])
-    new = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates), opt_state=opt_state, dual=lam
-    )
-    return new, {"loss": loss, "retain_loss": l_r}
-
-
-def make_answer_rows_step(st: dict, params, batch: dict) -> dict:
-    """The prototype on its own copy of the parameters, with the optimizer and λ, ε of `st` (a PDU step)."""
-    import functools
-
-    import jax
-
-    cap = answer_capacity(batch)
-    s0 = st["state"]
-    scalars = {k: getattr(s0, k).copy() for k in ("step", "dual", "eps", "rng")}  # donation: own buffers
-    state = s0.replace(params=params, opt_state=st["tx"].init(params), **scalars)
-    fn = jax.jit(
-        lambda s, b, hp, r, c: functools.partial(
-            answer_rows_pdu_step, graphdef=st["graphdef"], tx=st["tx"], cap=cap
-        )(s, b, hp),
-        donate_argnums=0,
-    )
-    return {"fn": fn, "state": state, "hp": st["hp"], "cap": cap, "graphdef": st["graphdef"], "tx": st["tx"]}
 
 
 def loss_head_times(batch: int, seq_len: int, vocab: int, reps: int = 5) -> dict:
@@ -883,7 +824,9 @@ def phase_steps(model, worker: TorchWorker, batch: dict, flops: dict, rss: dict,
     import jax
 
     _log("PDU step: compile")
-    pdu = make_jax_step(model, "pdu", "primal_dual", lam0=args.lam0, eps=args.eps, dual_lr=args.dual_lr)
+    pdu = make_jax_step(
+        model, "pdu", "primal_dual", batch, lam0=args.lam0, eps=args.eps, dual_lr=args.dual_lr
+    )
     comp = {"pdu": compile_step(pdu, batch)}
     _log("PDU step and PyTorch step: warm-up (first runs, same weights and batch)")
     warm: dict[str, float] = {}
@@ -895,7 +838,12 @@ def phase_steps(model, worker: TorchWorker, batch: dict, flops: dict, rss: dict,
 
     _log("GradDiff step: compile")
     gd = make_jax_step(
-        model, "grad_diff", "scalarized", eps=args.eps, params=jax.tree.map(jnp_copy, pdu["state"].params)
+        model,
+        "grad_diff",
+        "scalarized",
+        batch,
+        eps=args.eps,
+        params=jax.tree.map(jnp_copy, pdu["state"].params),
     )
     comp["grad_diff"] = compile_step(gd, batch)
 
@@ -961,38 +909,50 @@ def phase_steps(model, worker: TorchWorker, batch: dict, flops: dict, rss: dict,
         bd["backward_s_estimate"] = m_pdu - bd["forward_s"] - bd["optimizer_s"]
         bd["dispatch_s"] = median(S["pdu_dispatch"])
         out["breakdown_ours"] = bd
-    if args.prototype:
-        del gd  # frees its state before the prototype's
-        out["prototype"] = phase_prototype(pdu, batch, args.reps, m_t / m_pdu)
+    if args.all_rows:
+        del gd  # frees its state before the next one
+        out["all_rows"] = phase_all_rows(model, pdu, batch, args)
     return out
 
 
-def phase_prototype(pdu: dict, batch: dict, reps: int, torch_over_pdu: float) -> dict:
-    """The answer-rows prototype vs our PDU step, interleaved; its first loss is checked against the PDU
-    step's loss at the same parameters and λ."""
+def phase_all_rows(model, pdu: dict, batch: dict, args) -> dict:
+    """Our PDU step with `lm_head_rows="all"` (LM head on every row, as before answer_rows.py) vs the
+    default, interleaved, from the same parameters; their first losses must agree."""
     import jax
 
-    _log("prototype (LM head on answer rows only): compile")
-    pr = make_answer_rows_step(pdu, jax.tree.map(jnp_copy, pdu["state"].params), batch)
-    comp = compile_step(pr, batch)
-    t: dict[str, list[float]] = {"pdu": [], "prototype": []}
+    _log("PDU step with the LM head on all rows: compile")
+    full = make_jax_step(
+        model,
+        "pdu",
+        "primal_dual",
+        batch,
+        lam0=args.lam0,
+        eps=args.eps,
+        dual_lr=args.dual_lr,
+        params=jax.tree.map(jnp_copy, pdu["state"].params),
+        lm_head_rows="all",
+    )
+    full["state"] = full["state"].replace(dual=pdu["state"].dual.copy(), eps=pdu["state"].eps.copy())
+    comp = compile_step(full, batch)
+    t: dict[str, list[float]] = {"answers": [], "all": []}
     first: dict[str, float] = {}
-    for rep in range(reps):
-        _log(f"prototype rep {rep + 1}/{reps}")
-        for k in _rotate(list(t), rep) if rep else list(t):
-            s, _, loss = run_step(pdu if k == "pdu" else pr, batch)
+    for rep in range(args.reps):
+        _log(f"all-rows rep {rep + 1}/{args.reps}")
+        for k in _rotate(["all", "answers"], rep):
+            s, _, loss = run_step(pdu if k == "answers" else full, batch)
             t[k].append(s)
             first.setdefault(k, loss)
-    m_pdu, m_pr = median(t["pdu"]), median(t["prototype"])
+    m_ans, m_all = median(t["answers"]), median(t["all"])
+    caps = dict(pdu["spec"].answer_rows)
     return {
-        "answer_row_capacity": pr["cap"],
+        "capacity": caps,
+        "rows_per_sequence": int(batch["forget"]["labels"].shape[-1]),
         "compile": comp,
         "samples_s": t,
-        "median_s": {"pdu": m_pdu, "prototype": m_pr},
-        "speedup_vs_pdu": m_pdu / m_pr,
-        "speedup_vs_torch_estimate": torch_over_pdu * m_pdu / m_pr,  # main-phase ratio x this phase's
+        "median_s": {"answers": m_ans, "all": m_all},
+        "speedup_answers_vs_all": m_all / m_ans,
         "first_loss": first,
-        "first_loss_rel_diff": abs(first["pdu"] - first["prototype"]) / max(abs(first["pdu"]), 1e-12),
+        "first_loss_rel_diff": abs(first["all"] - first["answers"]) / max(abs(first["all"]), 1e-12),
     }
 
 
@@ -1166,17 +1126,17 @@ def _md_flops(res: dict) -> list[str]:
             f"{_f(b['forward_s'])} s, clip + AdamW {_f(b['optimizer_s'])} s, backward ≈ step − both = "
             f"{_f(b['backward_s_estimate'])} s; host dispatch {b['dispatch_s'] * 1e3:.1f} ms."
         )
-    if "prototype" in res:
-        pr = res["prototype"]
+    if "all_rows" in res:
+        ar = res["all_rows"]
+        caps = ", ".join(f"{p} {c}" for p, c in ar["capacity"].items())
         L.append(
-            "Prototype (in this file, not in cel_jax): the same Lagrangian with the LM head and both losses "
-            f"on the rows that predict answer tokens only (capacity {pr['answer_row_capacity']} of "
-            f"{res['shapes']['B_forget'] * (res['shapes']['T'] - 1)} rows per part): "
-            f"{_f(pr['median_s']['prototype'])} s/step vs {_f(pr['median_s']['pdu'])} s for our PDU step in "
-            f"the same interleaved phase (x{_f(pr['speedup_vs_pdu'])}; times the main phase's ratio, about "
-            f"x{_f(pr['speedup_vs_torch_estimate'])} over PyTorch); same loss at the same parameters "
-            f"(relative difference {pr['first_loss_rel_diff']:.1e}); compile "
-            f"{_f(pr['compile']['compile_s'], 1)} s."
+            'LM head on answer rows (our default, `lm_head_rows="answers"`, cel_jax/answer_rows.py) vs on '
+            f'all rows (`lm_head_rows="all"`): {_f(ar["median_s"]["answers"])} vs '
+            f"{_f(ar['median_s']['all'])} s/step in one interleaved phase "
+            f"(x{_f(ar['speedup_answers_vs_all'])}); rows kept per sequence: {caps} of "
+            f"{ar['rows_per_sequence'] - 1}; first losses agree to "
+            f"{ar['first_loss_rel_diff']:.1e} (relative); compile of the all-rows step "
+            f"{_f(ar['compile']['compile_s'], 1)} s."
         )
     if "omp_compare" in res:
         oc = res["omp_compare"]
@@ -1299,10 +1259,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument(
-        "--prototype",
+        "--all-rows",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also time the answer-rows LM-head prototype against our PDU step",
+        help='also time our PDU step with lm_head_rows="all" (LM head on every row) against the default',
     )
     p.add_argument("--fsdp", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out", default="results")

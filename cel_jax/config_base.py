@@ -24,6 +24,9 @@ def _common() -> ml_collections.ConfigDict:
         on_too_long="error",
         compat_mask=False,
     )
+    # "answers": LM head, softmax and losses only on rows that predict answer tokens where every loss
+    # reads only those (same values, less work; cel_jax/answer_rows.py); "all": every row.
+    c.lm_head_rows = "answers"
     c.mesh = dict(shape=(1, -1, 1))  # (data, fsdp, tensor); -1 takes the remaining devices
     # The reference's TOFU recipe: lr 1e-5, wd 0.01, one warmup epoch, linear decay, clip 1.0.
     c.optim = dict(

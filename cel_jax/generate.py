@@ -33,7 +33,7 @@ def _greedy(model: Llama, ids_BP, mask_BP, eos_ids, max_new_tokens: int):
     cache = init_cache(model.cfg, B, S)
     kv_mask_BS = jnp.concatenate([mask_BP.astype(bool), jnp.zeros((B, max_new_tokens), bool)], axis=1)
     pos_BP = jnp.maximum(jnp.cumsum(mask_BP, axis=1) - 1, 0)
-    logits, cache = model.decode_step(ids_BP, pos_BP, kv_mask_BS, cache, 0)
+    logits, cache = model.decode_step(ids_BP, pos_BP, kv_mask_BS, cache, 0, last_only=True)  # left-padded
     nxt_B = jnp.argmax(logits[:, -1], axis=-1).astype(jnp.int32)
     last_pos_B = pos_BP[:, -1]
 

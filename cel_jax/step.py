@@ -21,8 +21,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
+from cel_jax import answer_rows, losses, methods
 from cel_jax import dual as dual_lib
-from cel_jax import losses, methods
 
 TRACE_COUNT: collections.Counter = collections.Counter()  # compilations per step kind (tests count them)
 
@@ -50,9 +50,18 @@ class StepSpec:
     alpha: float = struct.field(pytree_node=False, default=1.0)
     hidden_layer: int | None = struct.field(pytree_node=False, default=None)
     compat: bool = struct.field(pytree_node=False, default=False)
+    # ((part, capacity), ...): parts whose LM head runs on answer-predicting rows only (answer_rows.py)
+    answer_rows: tuple = struct.field(pytree_node=False, default=())
 
 
 def _forward(model, part, hidden_layer):
+    """(logits, hidden or None); logits [B, C, V] on the gathered rows when the part has `rows`."""
+    if "rows" in part:
+        if hidden_layer is not None:
+            raise ValueError("answer-row compaction does not apply to hidden-state losses")
+        x_BTD = model(part["input_ids"], part["attention_mask"], unembed=False)
+        x_BCD = jnp.take_along_axis(x_BTD, part["rows"][..., None], axis=1)
+        return model.unembed(x_BCD), None
     if hidden_layer is None:
         return model(part["input_ids"], part["attention_mask"]), None
     return model(part["input_ids"], part["attention_mask"], hidden_layer=hidden_layer)
@@ -138,6 +147,7 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
 
     def micro(carry, mb):
         g_acc, lam = carry
+        mb = answer_rows.compact_batch(mb, spec.answer_rows)
         ref = reference_quantities(graphdef, ref_params, mb, spec) if ref_params is not None else {}
         (obj, (l_f, l_r)), g = grad_fn(state.params, lam, state.eps, mb, ref, consts, graphdef, spec)
         lam_next = lam

@@ -23,12 +23,13 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cel_jax import checkpoint, data, methods, optim, sharding
+from cel_jax import answer_rows, checkpoint, data, methods, optim, sharding
 from cel_jax import dual as dual_lib
 from cel_jax import step as step_lib
 from cel_jax.train_data import TrainData, prepare_data
 
 SOLVERS = ("primal_dual", "scalarized")
+LM_HEAD_ROWS = ("answers", "all")  # LM head on answer-predicting rows only (answer_rows.py) | every row
 _FAULT_AT_STEP = int(os.environ.get("CEL_JAX_FAULT_AT_STEP", "0"))  # tests: SIGKILL after this step
 
 
@@ -51,6 +52,8 @@ def validate_config(cfg, mode: str) -> None:
                 raise ValueError(f"dual.eps_alpha must be >= 0, got {cfg.dual.eps_alpha}")
             if cfg.dual.warmup_epochs < 0:
                 raise ValueError(f"dual.warmup_epochs must be >= 0, got {cfg.dual.warmup_epochs}")
+    if cfg.get("lm_head_rows", "answers") not in LM_HEAD_ROWS:
+        raise ValueError(f"lm_head_rows must be one of {LM_HEAD_ROWS}, got {cfg.lm_head_rows!r}")
     for key in ("batch_size", "grad_accum", "epochs"):
         if not int(cfg[key]) >= 1:
             raise ValueError(f"{key} must be >= 1, got {cfg[key]}")
@@ -97,6 +100,27 @@ def make_spec(cfg, model_cfg, mode: str) -> step_lib.StepSpec:
         alpha=float(hp.get("alpha", 1.0)),
         hidden_layer=layer,
         compat=bool(cfg.compat),
+    )
+
+
+def answer_row_plan(cfg, spec: step_lib.StepSpec, td: TrainData) -> tuple[tuple[str, int], ...]:
+    """((part, capacity), ...) for the parts whose LM head may run on answer rows only (answer_rows.py);
+    () with `lm_head_rows="all"`. One capacity per part for the whole run: one compiled shape."""
+    if cfg.get("lm_head_rows", "answers") == "all":
+        return ()
+    if spec.solver == "finetune":
+        parts = {"forget"}
+    else:
+        parts = answer_rows.eligible_parts(
+            methods.get_method(spec.method), dict(spec.forget_hp), spec.retain_kind, spec.compat
+        )
+    items = {
+        "forget": td.forget_items,
+        "retain": td.retain_items,
+        "idk": [it for variant in td.idk_items for it in variant],
+    }
+    return tuple(
+        (p, answer_rows.capacity(it["labels"] for it in items[p])) for p in sorted(parts) if items[p]
     )
 
 
@@ -201,6 +225,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     td: TrainData = prepare_data(
         cfg, tok, mode, needs_idk=mode == "unlearn" and methods.get_method(cfg.method).needs_idk
     )  # all data errors surface here, before the model is loaded
+    spec = spec.replace(answer_rows=answer_row_plan(cfg, spec, td))
 
     steps_per_epoch = data.steps_per_epoch(td.n_anchor, cfg.batch_size * cfg.grad_accum)
     total_steps = steps_per_epoch * cfg.epochs
@@ -272,6 +297,8 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         step_i = int(state.step)
         epoch_before = cursor.epoch
         batch, cursor_after = td.next_batch(cursor, cfg.batch_size, cfg.grad_accum)
+        for part, cap in spec.answer_rows:
+            answer_rows.check_capacity(batch[part]["labels"], cap, part)
         active = (mode == "unlearn") and (cursor.epoch >= cfg.dual.warmup_epochs)
         hp = {
             "dual_lr": jnp.float32(cfg.dual.lr),
@@ -315,6 +342,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         "eps": eps,
         "wall_s": wall,
         "resumed_from": start_step,
+        "lm_head_rows": {p: c for p, c in spec.answer_rows} or "all",  # rows kept per sequence, per part
     }
     if cfg.get("export", True):
         hf_io.save_pretrained(final, tok, wd / "model")  # all processes gather; process 0 writes

@@ -67,8 +67,13 @@ def test_torch_step_is_our_lagrangian(tiny):
     lam0, eps, dual_lr = 2.0, 3.0, 0.5
     copy = lambda: jax.tree.map(lambda x: x.copy(), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     # Each step donates its state: both get copies, so the shared fixture model stays alive.
-    ours = tp.make_jax_step(model, "pdu", "primal_dual", lam0=lam0, eps=eps, dual_lr=dual_lr, params=copy())
-    gd = tp.make_jax_step(model, "grad_diff", "scalarized", eps=eps, params=copy())
+    ours = tp.make_jax_step(
+        model, "pdu", "primal_dual", batch, lam0=lam0, eps=eps, dual_lr=dual_lr, params=copy()
+    )
+    gd = tp.make_jax_step(model, "grad_diff", "scalarized", batch, eps=eps, params=copy())
+    # our default runs the LM head on answer rows only; PyTorch below runs it on all 128 rows
+    caps = dict(ours["spec"].answer_rows)
+    assert set(caps) == {"forget", "retain"} and max(caps.values()) < 127
     assert (gd["spec"].method, gd["spec"].solver, gd["spec"].retain_kind) == (
         "grad_diff",
         "scalarized",
@@ -124,10 +129,11 @@ def test_matmul_peak_and_loss_head():
     assert h["delta_s"] == pytest.approx(h["pdu_s"] - h["grad_diff_s"])
 
 
-def test_answer_rows_capacity():
-    labels = np.full((1, 2, 6), tp.IGNORE)
-    labels[0, 0, 3:] = 1  # rows 2..4 predict answers (3 rows)
-    labels[0, 1, 1:] = 1  # 5 rows
-    part = {"labels": labels}
-    assert tp.answer_capacity({"forget": part, "retain": part}, multiple=4) == 8
-    assert tp.answer_capacity({"forget": part}, multiple=32) == 32
+def test_answer_row_spec(tiny):
+    _, model, tok = tiny
+    batch = tp.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
+    st = tp.make_jax_step(model, "pdu", "primal_dual", batch, lm_head_rows="all", params={})
+    assert st["spec"].answer_rows == ()
+    spec = tp.answer_row_spec(st["spec"], batch, "answers")
+    n = max(int((batch[p]["labels"][0, :, 1:] != tp.IGNORE).sum(-1).max()) for p in ("forget", "retain"))
+    assert dict(spec.answer_rows)["forget"] >= n + 1

@@ -94,6 +94,17 @@ def test_sharded_run_equals_single_device(model_dir, tmp_path):
             assert ra[k] == pytest.approx(rb[k], abs=1e-5, rel=1e-5), k
 
 
+def test_lm_head_on_answer_rows_equals_all_rows(model_dir, tmp_path):
+    """The default (LM head on answer-predicting rows only) runs the same optimisation as every row."""
+    train.run(tiny_cfg(model_dir, max_steps=3), str(tmp_path / "answers"))
+    train.run(tiny_cfg(model_dir, max_steps=3, lm_head_rows="all"), str(tmp_path / "all"))
+    a, b = rows(tmp_path / "answers"), rows(tmp_path / "all")
+    assert len(a) == len(b) == 3
+    for ra, rb in zip(a, b, strict=True):
+        for k in ("forget_loss", "retain_loss", "dual_next", "grad_norm"):
+            assert ra[k] == pytest.approx(rb[k], abs=1e-5, rel=1e-4), k
+
+
 def _final_state(workdir, like_cfg=None):
     """The latest checkpoint's (step, state, meta), restored onto this process's first device."""
     import orbax.checkpoint as ocp
@@ -177,6 +188,7 @@ def test_compiles_once_per_length_bucket(model_dir, tmp_path):
         ({"data.forget_rows": "5:5"}, "selects no rows"),
         ({"batch_size": 3, "mesh.shape": (1, 2, 1)}, "multiple of the mesh"),
         ({"method_args": {"beta": 1.0}}, "unknown hyper-parameter"),
+        ({"lm_head_rows": "some"}, "lm_head_rows must be one of"),
     ],
 )
 def test_bad_input_fails_before_compiling(model_dir, tmp_path, over, msg):

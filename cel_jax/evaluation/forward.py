@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from cel_jax import answer_rows
 from cel_jax import generate as gen
 from cel_jax.evaluation import metrics as M
 from cel_jax.model.llama import init_cache
@@ -81,10 +82,30 @@ def _select(stats: Mapping[str, jax.Array], full: bool) -> dict[str, jax.Array]:
 # Jitted kernels (one compile per shape; the model is an argument, so every model of one graph reuses them).
 
 
-@functools.partial(jax.jit, static_argnames=("full",))
-def _plain_stats(model, ids_BT, mask_BT, labels_BT, full: bool):
-    logits_BTV = model(ids_BT, mask_BT)
-    return _select(M.token_stats(logits_BTV, labels_BT), full)
+def _answer_logits(model, ids_BT, mask_BT, labels_BT, cap: int | None):
+    """(logits, labels) on every row (cap None), or on the answer-predicting rows only with compact labels
+    (cel_jax.answer_rows; same statistics: every one reads only rows whose next label is a target)."""
+    if cap is None:
+        return model(ids_BT, mask_BT), labels_BT
+    rows_BC, labels_BC = answer_rows.compact(labels_BT, cap)
+    x_BTD = model(ids_BT, mask_BT, unembed=False)
+    return model.unembed(jnp.take_along_axis(x_BTD, rows_BC[..., None], axis=1)), labels_BC
+
+
+def answer_cap(labels_BT: np.ndarray, T: int) -> int | None:
+    """Rows kept per sequence (a multiple of T/4, few compiled shapes), or None when it saves nothing or a
+    label sits at position 0 (it is counted by n_tokens but predicted by no row)."""
+    labels_BT = np.asarray(labels_BT)
+    if T < 8 or np.any(labels_BT[:, 0] != IGNORE):
+        return None
+    cap = -(-answer_rows.capacity(labels_BT, multiple=1) // (T // 4)) * (T // 4)
+    return cap if cap < T - 1 else None
+
+
+@functools.partial(jax.jit, static_argnames=("full", "cap"))
+def _plain_stats(model, ids_BT, mask_BT, labels_BT, full: bool, cap: int | None = None):
+    logits, labels = _answer_logits(model, ids_BT, mask_BT, labels_BT, cap)
+    return _select(M.token_stats(logits, labels), full)
 
 
 @functools.partial(jax.jit, static_argnames=("n_full",))
@@ -112,13 +133,13 @@ def _prefix_stats(
     return out
 
 
-@jax.jit
-def _gradnorm(model, ids_1T, mask_1T, labels_1T):
+@functools.partial(jax.jit, static_argnames=("cap",))
+def _gradnorm(model, ids_1T, mask_1T, labels_1T, cap: int | None = None):
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss_fn(p):
         m = nnx.merge(graphdef, p, rest)
-        return M.mia_token_nll(m(ids_1T, mask_1T), labels_1T)[0]
+        return M.mia_token_nll(*_answer_logits(m, ids_1T, mask_1T, labels_1T, cap))[0]
 
     return M.grad_norm_mean(jax.grad(loss_fn)(params), 2)
 
@@ -191,7 +212,10 @@ def _plain_rows(
             mask[r, :n] = key_mask(it["input_ids"], pad_id, compat)
             if r < len(idx):
                 labels[r, :n] = it["labels"]
-        stats = _plain_stats(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(labels), full=full)
+        cap = answer_cap(labels, T)
+        stats = _plain_stats(
+            model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(labels), full=full, cap=cap
+        )
         for i, row in zip(idx, _row_stats(stats, len(idx)), strict=True):
             out[i] = row
         bar.update(len(idx))
@@ -355,6 +379,10 @@ def gradnorm_scores(
     if not items:
         return out
     T = round_up(max(len(it["input_ids"]) for it in items), multiple)
+    cap = answer_cap(
+        np.stack([np.pad(it["labels"], (0, T - len(it["labels"])), constant_values=IGNORE) for it in items]),
+        T,
+    )
     with _progress(len(items), desc, progress) as bar:
         for it in items:
             n = len(it["input_ids"])
@@ -367,7 +395,7 @@ def gradnorm_scores(
             labels = np.full((1, T), IGNORE, np.int32)
             ids[0, :n], labels[0, :n] = it["input_ids"], it["labels"]
             mask[0, :n] = key_mask(it["input_ids"], pad_id, compat)
-            out.append(float(_gradnorm(model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(labels))))
+            out.append(float(_gradnorm(model, *map(jnp.asarray, (ids, mask, labels)), cap=cap)))
             bar.update(1)
     return out
 

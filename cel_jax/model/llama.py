@@ -86,19 +86,25 @@ class Attention(nnx.Module):
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
         q, k = apply_rope(q, cos_BTH, sin_BTH), apply_rope(k, cos_BTH, sin_BTH)
-        new_cache = None
-        if cache is not None:  # write this chunk at slot `index`, attend over the whole cache
-            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
-            new_cache = {"k": k, "v": v}
-            k, v = k.astype(dt), v.astype(dt)
         B, T, N, H = q.shape
         K = k.shape[2]
         q = q.reshape(B, T, K, N // K, H)
-        scores = jnp.einsum("BTKGH,BSKH->BKGTS", q, k, preferred_element_type=_acc(dt)) * (H**-0.5)
+        new_cache = None
+        if cache is not None:
+            # Write this chunk at slot `index` of the head-major cache [B, K, S, H] and attend over all of
+            # it: per (b, kv head) the S keys are contiguous, so decoding reads the cache without copies.
+            k_BKTH, v_BKTH = (jnp.swapaxes(t, 1, 2).astype(cache["k"].dtype) for t in (k, v))
+            k = jax.lax.dynamic_update_slice_in_dim(cache["k"], k_BKTH, index, axis=2)
+            v = jax.lax.dynamic_update_slice_in_dim(cache["v"], v_BKTH, index, axis=2)
+            new_cache = {"k": k, "v": v}
+            k, v = k.astype(dt), v.astype(dt)
+            kv_spec = "BKSH"
+        else:
+            kv_spec = "BSKH"
+        scores = jnp.einsum(f"BTKGH,{kv_spec}->BKGTS", q, k, preferred_element_type=_acc(dt)) * (H**-0.5)
         scores = jnp.where(mask_BTS[:, None, None, :, :], scores, NEG_INF)
         probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(B, T, N, H)
+        out = jnp.einsum(f"BKGTS,{kv_spec}->BTKGH", probs, v).reshape(B, T, N, H)
         y = jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt))
         if c.o_bias:
             y = y + self.o_bias[...].astype(dt)
@@ -180,12 +186,19 @@ class Llama(nnx.Module):
         return jnp.matmul(x.astype(dt), w.astype(dt), preferred_element_type=_acc(dt))
 
     def __call__(
-        self, input_ids_BT, attention_mask_BT=None, *, positions_BT=None, hidden_layer: int | None = None
+        self,
+        input_ids_BT,
+        attention_mask_BT=None,
+        *,
+        positions_BT=None,
+        hidden_layer: int | None = None,
+        unembed: bool = True,
     ):
         """Full-sequence forward. Positions default to arange (as HF training/probability passes).
 
         With `hidden_layer=i`, also returns the residual stream after decoder layer i (RMU), from the
-        same forward: `(logits_BTV, hidden_BTD)`.
+        same forward: `(logits_BTV, hidden_BTD)`. With `unembed=False` the first output is the last
+        layer's residual stream x_BTD instead of the logits (`model.unembed` applies norm + LM head).
         """
         B, T = input_ids_BT.shape
         if attention_mask_BT is None:
@@ -206,21 +219,24 @@ class Llama(nnx.Module):
                 )
             if hidden_layer is not None and i == hidden_layer:
                 hidden = x
-        logits = self.unembed(x)
+        logits = self.unembed(x) if unembed else x
         if hidden_layer is not None:
             if hidden is None:
                 raise ValueError(f"hidden_layer={hidden_layer} but the model has {len(self.layers)} layers")
             return logits, hidden
         return logits
 
-    def decode_step(self, input_ids_BT, positions_BT, kv_mask_BS, cache: Cache, index):
+    def decode_step(
+        self, input_ids_BT, positions_BT, kv_mask_BS, cache: Cache, index, last_only: bool = False
+    ):
         """Forward a chunk of T tokens written into cache slots [index, index+T).
 
         kv_mask_BS marks the valid cache slots (prompt tokens that are not padding, and generated ones);
-        a query at slot index+t sees slots <= index+t. Returns (logits_BTV, new_cache).
+        a query at slot index+t sees slots <= index+t. Returns (logits_BTV, new_cache); with
+        `last_only=True` the LM head runs on the chunk's last position only (logits_B1V: a prefill).
         """
         B, T = input_ids_BT.shape
-        S = cache[0]["k"].shape[1]
+        S = cache[0]["k"].shape[2]
         q_slot_T = index + jnp.arange(T)
         mask_BTS = (jnp.arange(S)[None, :] <= q_slot_T[:, None])[None] & kv_mask_BS[:, None, :]
         cos, sin = rope_cos_sin(positions_BT, jnp.asarray(rope_inv_freq(self.cfg)))
@@ -229,12 +245,12 @@ class Llama(nnx.Module):
         for layer, lc in zip(self.layers, cache, strict=True):
             x, nc = layer(x, cos, sin, mask_BTS, lc, index)
             new_cache.append(nc)
-        return self.unembed(x), new_cache
+        return self.unembed(x[:, -1:] if last_only else x), new_cache
 
 
 def init_cache(cfg: LlamaConfig, batch: int, length: int, dtype=None) -> Cache:
     dt = jnp.dtype(dtype or cfg.dtype)
-    shape = (batch, length, cfg.n_kv_heads, cfg.head_dim)
+    shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)  # head-major [B, K, S, H]
     return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.n_layers)]
 
 

@@ -1,0 +1,102 @@
+"""LM head on answer rows only: gather the rows a loss reads before the [D, V] unembedding.
+
+Axes: B batch, T length, t = T-1 shifted rows, C capacity (rows kept per sequence), D model, V vocab.
+
+In the default (non-compat) mode every logits-based loss reads only the rows that predict an answer
+token: logits[:, t] with labels[:, t+1] != IGNORE. With TOFU's chat template those are about a third
+of the rows, and the LM head (D x V = 576 x 49152 for SmolLM2) is a fifth of the model's FLOPs, so
+computing it (and softmax, losses and their backward) on the other rows is wasted work.
+
+`compact(labels_BT, C)` picks, per sequence and in order, the first C answer-predicting rows and
+builds labels of the same "unshifted" convention the losses already use:
+
+  rows_BC[b, j]      = index t of the j-th answer-predicting row of sequence b (padding slots: any
+                       non-answer row)
+  labels_BC[b, 0]    = IGNORE;  labels_BC[b, j+1] = labels[b, rows_BC[b, j] + 1]  (IGNORE past the count)
+
+so that logits_BCV = unembed(hidden_BTD[b, rows_BC[b, j]]) with labels_BC forms exactly the
+(logit row, target) pairs of the full [B, T, V] computation, in the same order: every per-token,
+per-sequence and token-mean loss is unchanged. It needs count_b <= C - 1 for every sequence; `plan`
+picks C from the whole dataset once (one static shape, no recompiles) and the engine checks it.
+
+Not applied (full logits, as before) where a loss reads other rows: compat mode (unshifted rows,
+"all rows" averages, the reference's KL over every position), `pdu`/`pdu_entropy` with shifted=False
+or average="all", RMU's hidden-state terms. `lm_head_rows="all"` in the config turns it off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from cel_jax.losses import IGNORE
+
+MULTIPLE = 8  # capacity rounded up to this (a few wasted rows, fewer distinct shapes)
+
+
+def answer_count(labels: Sequence[int] | np.ndarray) -> int:
+    """Number of rows that predict an answer token: labels[t+1] != IGNORE."""
+    lab = np.asarray(labels)
+    return int(np.sum(lab[1:] != IGNORE))
+
+
+def capacity(label_lists: Iterable[Sequence[int]], multiple: int = MULTIPLE) -> int:
+    """Smallest multiple of `multiple` that holds every sequence's answer rows plus one spare slot."""
+    most = max((answer_count(lab) for lab in label_lists), default=0)
+    return -(-(most + 1) // multiple) * multiple
+
+
+def compact(labels_BT, C: int):
+    """(rows_BC int32, labels_BC) as in the module docstring; needs every count <= C - 1."""
+    valid_Bt = labels_BT[:, 1:] != IGNORE
+    rows_BC = jnp.argsort(~valid_Bt, axis=-1, stable=True)[:, :C].astype(jnp.int32)
+    count_B = jnp.sum(valid_Bt, axis=-1)
+    tgt_BC = jnp.take_along_axis(labels_BT[:, 1:], rows_BC, axis=-1)
+    tgt_BC = jnp.where(jnp.arange(C)[None, :] < count_B[:, None], tgt_BC, IGNORE)
+    first_B1 = jnp.full((labels_BT.shape[0], 1), IGNORE, labels_BT.dtype)
+    return rows_BC, jnp.concatenate([first_B1, tgt_BC[:, :-1]], axis=1)
+
+
+def compact_batch(mb: Mapping[str, Mapping], capacities: Sequence[tuple[str, int]]) -> dict:
+    """Replace `labels` of each named part by its compact labels and add `rows` (the gather indices).
+
+    A part whose shifted length T-1 is not larger than its capacity is left as it is (no gain).
+    """
+    out = dict(mb)
+    for part, C in capacities:
+        if part not in mb:
+            continue
+        labels = mb[part]["labels"]
+        if labels.shape[-1] - 1 <= C:
+            continue
+        rows, lab = compact(labels, C)
+        out[part] = {**mb[part], "labels": lab, "rows": rows}
+    return out
+
+
+def eligible_parts(method_spec, forget_hp: Mapping, retain_kind: str | None, compat: bool) -> set[str]:
+    """Batch parts whose losses read only answer-predicting rows (so the LM head may skip the rest)."""
+    if compat:
+        return set()
+    parts = set()
+    logits_only = not any(k.endswith("_hidden") for k in method_spec.forget_inputs)
+    rows_ok = forget_hp.get("shifted", True) is True and forget_hp.get("average", "token") != "all"
+    if logits_only and rows_ok:
+        parts.add("forget")
+        if method_spec.needs_idk:
+            parts.add("idk")
+    if retain_kind in ("nll", "kl"):
+        parts.add("retain")
+    return parts
+
+
+def check_capacity(labels_BT: np.ndarray, C: int, part: str) -> None:
+    """Host-side guard: raise if any sequence has more answer rows than the compiled capacity holds."""
+    most = int(np.max(np.sum(np.asarray(labels_BT)[..., 1:] != IGNORE, axis=-1), initial=0))
+    if most > C - 1:
+        raise ValueError(
+            f"answer-row capacity {C} of part {part!r} is too small for a sequence with {most} answer "
+            f"tokens (needs {most + 1}); this is a bug in answer_rows.plan"
+        )
