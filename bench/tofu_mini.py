@@ -59,6 +59,13 @@ METHODS: dict[str, tuple[str, str, dict, str]] = {
     "rmu": ("rmu", "scalarized", {}, "RMU"),
     "undial": ("undial", "scalarized", {}, "UNDIAL"),
 }
+# Extra rows, not in the default run (`--methods pdu_eta50`): PDU with a 10x dual step size η = 50, to
+# see whether λ moving matters (with η = 5 it only rose 100 -> 116 and PDU ~ the fixed-λ run).
+ABLATIONS: dict[str, tuple[str, str, dict, str]] = {
+    "pdu_eta50": ("pdu", "primal_dual", {}, "PDU, η = 50 (ablation: 10x dual step)"),
+}
+DUAL_LR = {"pdu_eta50": 50.0}  # η per entry; 5.0 otherwise
+ALL = {**METHODS, **ABLATIONS}
 TABLE = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_ROUGE", "privleak")
 
 
@@ -90,7 +97,7 @@ def finetune_cfg(preset: dict, model: str, data_dir: str, with_forget: bool):
 
 
 def unlearn_cfg(preset: dict, target: str, data_dir: str, name: str):
-    method, solver, args, _ = METHODS[name]
+    method, solver, args, _ = ALL[name]
     u = preset["unlearn"]
     c = _base("unlearn", target, data_dir, u)
     c.data.forget_split = "forget01"
@@ -101,7 +108,7 @@ def unlearn_cfg(preset: dict, target: str, data_dir: str, name: str):
     for k, v in args.items():
         c.method_args[k] = v
     c.dual.lam0 = 100.0
-    c.dual.lr = 5.0
+    c.dual.lr = DUAL_LR.get(name, 5.0)
     c.dual.eps = None
     c.dual.eps_alpha = 0.25  # ε = 1.25 x the target's own retain loss (see bench/README.md)
     c.dual.warmup_epochs = u["dual_warmup_epochs"]
@@ -256,15 +263,20 @@ def plots(res: dict, out: Path) -> list[str]:
     fig.tight_layout()
     save(fig, "fq_vs_mu.png")
 
-    pdu = res["curves"].get("pdu")
-    if pdu:
+    duals = {n: c for n, c in res["curves"].items() if ALL.get(n, ("", ""))[1] == "primal_dual"}
+    if duals:  # every primal-dual run: PDU, PDU-entropy, the η ablation
         fig = Figure(figsize=(10, 3.6))
         a1, a2 = fig.subplots(1, 2)
-        a1.plot(pdu["step"], pdu["dual"])
-        a1.set(title="PDU: λ", xlabel="optimizer step")
-        a2.plot(pdu["step"], [r - e for r, e in zip(pdu["retain_loss"], pdu["eps"], strict=True)])
+        for name, cur in duals.items():
+            label = res["rows"][name]["label"].split(" (")[0]
+            a1.plot(cur["step"], cur["dual"], label=label)
+            a2.plot(
+                cur["step"], [r - e for r, e in zip(cur["retain_loss"], cur["eps"], strict=True)], label=label
+            )
+        a1.set(title="primal-dual runs: λ", xlabel="optimizer step")
+        a1.legend(fontsize=8)
         a2.axhline(0, color="k", lw=0.8, ls="--")
-        a2.set(title="PDU: retain loss − ε", xlabel="optimizer step")
+        a2.set(title="retain loss − ε", xlabel="optimizer step")
         fig.tight_layout()
         save(fig, "pdu_dual.png")
 
@@ -296,9 +308,9 @@ def machine() -> str:
 def run(preset_name: str, workdir: Path, out: Path, methods: list[str], model: str, data_dir: str) -> dict:
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; expected one of {sorted(PRESETS)}")
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in ALL]
     if bad:
-        raise ValueError(f"unknown methods {bad}; expected some of {list(METHODS)}")
+        raise ValueError(f"unknown methods {bad}; expected some of {list(ALL)}")
     if not (Path(data_dir) / "full.jsonl").exists():
         raise FileNotFoundError(f"TOFU JSONL files not found in {data_dir} (full.jsonl)")
     preset = PRESETS[preset_name]
@@ -337,7 +349,7 @@ def run(preset_name: str, workdir: Path, out: Path, methods: list[str], model: s
         )
         ev = eval_stage(st / "eval", st / "model", ov)
         rows[name] = {
-            "label": METHODS[name][3],
+            "label": ALL[name][3],
             "summary": ev["summary"],
             "train_s": tr["wall_s"],
             "eval_s": ev["wall_s"],
@@ -372,7 +384,11 @@ def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> 
     )
     res = {
         "command": f"python -m bench.tofu_mini --preset {preset_name}"
-        + ("" if set(METHODS) <= set(rows) else " --methods " + ",".join(k for k in rows if k in METHODS)),
+        + (
+            ""
+            if set(METHODS) == set(rows) & set(ALL)
+            else " --methods " + ",".join(k for k in rows if k in ALL)
+        ),
         "preset": preset_name,
         "protocol": preset,
         "protocol_text": text,

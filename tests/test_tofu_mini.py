@@ -78,7 +78,7 @@ def test_bad_input_before_work(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("name", list(tofu_mini.METHODS))
+@pytest.mark.parametrize("name", list(tofu_mini.ALL))
 def test_every_method_config_is_valid(name):
     """Each table entry's config passes the engine's checks (no model is loaded)."""
     from cel_jax import train
@@ -87,6 +87,7 @@ def test_every_method_config_is_valid(name):
     c.batch_size = 8  # a multiple of the 8 fake test devices
     train.validate_config(c, "unlearn")
     spec = train.make_spec(c, types.SimpleNamespace(n_layers=30, d_model=576), "unlearn")
-    assert spec.method == tofu_mini.METHODS[name][0] and spec.solver == tofu_mini.METHODS[name][1]
+    assert spec.method == tofu_mini.ALL[name][0] and spec.solver == tofu_mini.ALL[name][1]
+    assert c.dual.lr == (50.0 if name == "pdu_eta50" else 5.0)
     if name == "pdu_fixed":
         assert spec.alpha == 100.0  # λ fixed at the primal-dual runs' λ0
