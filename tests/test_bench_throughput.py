@@ -137,3 +137,13 @@ def test_answer_row_spec(tiny):
     spec = tp.answer_row_spec(st["spec"], batch, "answers")
     n = max(int((batch[p]["labels"][0, :, 1:] != tp.IGNORE).sum(-1).max()) for p in ("forget", "retain"))
     assert dict(spec.answer_rows)["forget"] >= n + 1
+
+
+def test_breakdown_runs_on_the_compacted_batch(tiny):
+    _, model, tok = tiny
+    batch = tp.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
+    copy = jax.tree.map(lambda x: x.copy(), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    st = tp.make_jax_step(model, "pdu", "primal_dual", batch, params=copy)
+    out = tp.jax_breakdown(st, batch, reps=1)
+    assert out["forward_s"] > 0 and out["optimizer_s"] > 0
+    assert all(not x.is_deleted() for x in jax.tree.leaves(st["state"]))  # the state itself is not donated
