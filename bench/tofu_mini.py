@@ -222,6 +222,13 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+SHORT = {"pdu": "PDU", "pdu_entropy": "PDU-entropy", "pdu_fixed": "fixed λ", "pdu_eta50": "PDU η=50"}
+
+
+def short_label(name: str, label: str) -> str:
+    return SHORT.get(name, label.split(" (")[0])
+
+
 def plots(res: dict, out: Path) -> list[str]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -237,18 +244,23 @@ def plots(res: dict, out: Path) -> list[str]:
 
     fig = Figure(figsize=(7, 5))
     ax = fig.add_subplot()
-    for name, row in res["rows"].items():
+    floor = 1e-4  # forget quality below it (a collapsed model) is drawn on the floor, value in the label
+    for i, (name, row) in enumerate(res["rows"].items()):
         fq, mu = row["summary"].get("forget_quality"), row["summary"].get("model_utility")
         if fq is None or mu is None:
             continue
-        ax.scatter(mu, max(fq, 1e-30), marker="*" if name.startswith("pdu") else "o", s=80)
+        off = fq < floor
+        marker = "v" if off else ("*" if name.startswith("pdu") else "o")
+        ax.scatter(mu, max(fq, floor), marker=marker, s=80)
         ax.annotate(
-            row["label"].split(" (")[0] if name != "pdu_fixed" else "fixed λ",
-            (mu, max(fq, 1e-30)),
+            short_label(name, row["label"]) + (f" (FQ {fq:.1e})" if off else ""),
+            (mu, max(fq, floor)),
             fontsize=8,
-            xytext=(4, 3),
+            # alternate above / below so neighbours overlap less; fixed λ sits on PDU: label it on the left
+            xytext=(-40, -12) if name == "pdu_fixed" else (5, 4 if i % 2 else -10),
             textcoords="offset points",
         )
+    ax.set_ylim(floor / 2, 2)
     mu_retain = res["rows"].get("retain", {}).get("summary", {}).get("model_utility")
     if mu_retain is not None:  # the retain model has no forget quality of its own (it is the reference)
         ax.axvline(mu_retain, color="gray", ls=":", lw=1, label="retain model's utility")
@@ -268,7 +280,7 @@ def plots(res: dict, out: Path) -> list[str]:
         fig = Figure(figsize=(10, 3.6))
         a1, a2 = fig.subplots(1, 2)
         for name, cur in duals.items():
-            label = res["rows"][name]["label"].split(" (")[0]
+            label = short_label(name, res["rows"][name]["label"])
             a1.plot(cur["step"], cur["dual"], label=label)
             a2.plot(
                 cur["step"], [r - e for r, e in zip(cur["retain_loss"], cur["eps"], strict=True)], label=label
@@ -287,9 +299,7 @@ def plots(res: dict, out: Path) -> list[str]:
         ax.set_visible(False)
     for ax, (name, cur) in zip(axes, res["curves"].items(), strict=False):
         ax.plot(cur["step"], cur["forget_loss"])
-        ax.set_title(
-            res["rows"][name]["label"].split(" (")[0] if name != "pdu_fixed" else "fixed λ", fontsize=9
-        )
+        ax.set_title(short_label(name, res["rows"][name]["label"]), fontsize=9)
         ax.set_xlabel("step", fontsize=8)
     fig.suptitle("forget loss per method (each method's own loss)")
     fig.tight_layout()
