@@ -221,20 +221,15 @@ def _unlearn_cfg(method: str, solver: str, lam0: float, eps: float, dual_lr: flo
 
 
 def answer_row_spec(spec, batch: dict, lm_head_rows: str):
-    """`spec` with the answer-row capacities cel_jax.train.answer_row_plan would pick for this batch's
-    sequences (lm_head_rows="answers", the default), or unchanged ("all": LM head on every row)."""
-    from cel_jax import answer_rows, methods
+    """`spec` with the answer-row capacities the training loop would pick for this batch's sequences
+    (cel_jax.train.answer_row_parts / answer_rows.plan), or none with lm_head_rows="all"."""
+    import ml_collections
 
-    if lm_head_rows == "all":
-        return spec
-    parts = answer_rows.eligible_parts(
-        methods.get_method(spec.method), dict(spec.forget_hp), spec.retain_kind, spec.compat
-    )
-    caps = tuple(
-        (p, answer_rows.capacity(batch[p]["labels"].reshape(-1, batch[p]["labels"].shape[-1])))
-        for p in sorted(parts)
-    )
-    return spec.replace(answer_rows=caps)
+    from cel_jax import answer_rows, train
+
+    parts = train.answer_row_parts(ml_collections.ConfigDict({"lm_head_rows": lm_head_rows}), spec)
+    labels = {p: part["labels"].reshape(-1, part["labels"].shape[-1]) for p, part in batch.items()}
+    return spec.replace(answer_rows=answer_rows.plan(parts, labels))
 
 
 def make_jax_step(

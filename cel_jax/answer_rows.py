@@ -36,10 +36,14 @@ from cel_jax.losses import IGNORE
 MULTIPLE = 8  # capacity rounded up to this (a few wasted rows, fewer distinct shapes)
 
 
+def _counts(labels) -> np.ndarray:
+    """Rows that predict an answer token (labels[..., t+1] != IGNORE), per sequence (last axis)."""
+    return np.sum(np.asarray(labels)[..., 1:] != IGNORE, axis=-1)
+
+
 def answer_count(labels: Sequence[int] | np.ndarray) -> int:
-    """Number of rows that predict an answer token: labels[t+1] != IGNORE."""
-    lab = np.asarray(labels)
-    return int(np.sum(lab[1:] != IGNORE))
+    """Number of rows of one sequence that predict an answer token."""
+    return int(_counts(labels))
 
 
 def capacity(label_lists: Iterable[Sequence[int]], multiple: int = MULTIPLE) -> int:
@@ -57,6 +61,25 @@ def compact(labels_BT, C: int):
     tgt_BC = jnp.where(jnp.arange(C)[None, :] < count_B[:, None], tgt_BC, IGNORE)
     first_B1 = jnp.full((labels_BT.shape[0], 1), IGNORE, labels_BT.dtype)
     return rows_BC, jnp.concatenate([first_B1, tgt_BC[:, :-1]], axis=1)
+
+
+def logits_on_rows(model, ids_BT, mask_BT, rows_BC):
+    """logits_BCV = LM head (final norm + unembedding) on the gathered rows of one full forward."""
+    x_BTD = model(ids_BT, mask_BT, unembed=False)
+    return model.unembed(jnp.take_along_axis(x_BTD, rows_BC[..., None], axis=1))
+
+
+def plan(
+    parts: Iterable[str], labels_by_part: Mapping[str, Iterable[Sequence[int]]]
+) -> tuple[tuple[str, int], ...]:
+    """((part, capacity), ...) for the given parts, in sorted order, from every sequence's labels; parts
+    without sequences are left out. One capacity per part for a whole run: one compiled shape."""
+    out = []
+    for p in sorted(parts):
+        labels = list(labels_by_part.get(p, ()))
+        if labels:
+            out.append((p, capacity(labels)))
+    return tuple(out)
 
 
 def compact_batch(mb: Mapping[str, Mapping], capacities: Sequence[tuple[str, int]]) -> dict:
@@ -94,7 +117,7 @@ def eligible_parts(method_spec, forget_hp: Mapping, retain_kind: str | None, com
 
 def check_capacity(labels_BT: np.ndarray, C: int, part: str) -> None:
     """Host-side guard: raise if any sequence has more answer rows than the compiled capacity holds."""
-    most = int(np.max(np.sum(np.asarray(labels_BT)[..., 1:] != IGNORE, axis=-1), initial=0))
+    most = int(np.max(_counts(labels_BT), initial=0))
     if most > C - 1:
         raise ValueError(
             f"answer-row capacity {C} of part {part!r} is too small for a sequence with {most} answer "

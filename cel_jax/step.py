@@ -59,9 +59,9 @@ def _forward(model, part, hidden_layer):
     if "rows" in part:
         if hidden_layer is not None:
             raise ValueError("answer-row compaction does not apply to hidden-state losses")
-        x_BTD = model(part["input_ids"], part["attention_mask"], unembed=False)
-        x_BCD = jnp.take_along_axis(x_BTD, part["rows"][..., None], axis=1)
-        return model.unembed(x_BCD), None
+        return answer_rows.logits_on_rows(
+            model, part["input_ids"], part["attention_mask"], part["rows"]
+        ), None
     if hidden_layer is None:
         return model(part["input_ids"], part["attention_mask"]), None
     return model(part["input_ids"], part["attention_mask"], hidden_layer=hidden_layer)

@@ -103,25 +103,27 @@ def make_spec(cfg, model_cfg, mode: str) -> step_lib.StepSpec:
     )
 
 
-def answer_row_plan(cfg, spec: step_lib.StepSpec, td: TrainData) -> tuple[tuple[str, int], ...]:
-    """((part, capacity), ...) for the parts whose LM head may run on answer rows only (answer_rows.py);
-    () with `lm_head_rows="all"`. One capacity per part for the whole run: one compiled shape."""
+def answer_row_parts(cfg, spec: step_lib.StepSpec) -> set[str]:
+    """Batch parts whose LM head may run on answer rows only (answer_rows.py); none with
+    `lm_head_rows="all"`."""
     if cfg.get("lm_head_rows", "answers") == "all":
-        return ()
+        return set()
     if spec.solver == "finetune":
-        parts = {"forget"}
-    else:
-        parts = answer_rows.eligible_parts(
-            methods.get_method(spec.method), dict(spec.forget_hp), spec.retain_kind, spec.compat
-        )
+        return {"forget"}
+    return answer_rows.eligible_parts(
+        methods.get_method(spec.method), dict(spec.forget_hp), spec.retain_kind, spec.compat
+    )
+
+
+def answer_row_plan(cfg, spec: step_lib.StepSpec, td: TrainData) -> tuple[tuple[str, int], ...]:
+    """((part, capacity), ...) from every sequence the run can draw (one compiled shape per part)."""
     items = {
         "forget": td.forget_items,
         "retain": td.retain_items,
         "idk": [it for variant in td.idk_items for it in variant],
     }
-    return tuple(
-        (p, answer_rows.capacity(it["labels"] for it in items[p])) for p in sorted(parts) if items[p]
-    )
+    labels = {p: (it["labels"] for it in its) for p, its in items.items()}
+    return answer_rows.plan(answer_row_parts(cfg, spec), labels)
 
 
 # --------------------------------------------------------------------------------------- state

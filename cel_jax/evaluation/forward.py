@@ -88,8 +88,7 @@ def _answer_logits(model, ids_BT, mask_BT, labels_BT, cap: int | None):
     if cap is None:
         return model(ids_BT, mask_BT), labels_BT
     rows_BC, labels_BC = answer_rows.compact(labels_BT, cap)
-    x_BTD = model(ids_BT, mask_BT, unembed=False)
-    return model.unembed(jnp.take_along_axis(x_BTD, rows_BC[..., None], axis=1)), labels_BC
+    return answer_rows.logits_on_rows(model, ids_BT, mask_BT, rows_BC), labels_BC
 
 
 def answer_cap(labels_BT: np.ndarray, T: int) -> int | None:
