@@ -8,14 +8,20 @@ Measured (see bench/README.md, section "throughput"):
   (1) tokens/s of our jitted PDU step (cel_jax.step.train_step, method pdu, solver primal_dual) vs a
       PyTorch step with the same Lagrangian on transformers' LlamaForCausalLM + torch.optim.AdamW;
   (2) PDU step time / GradDiff (scalarised) step time, same shapes;
-  (3) model FLOP/s of our step, 6·N·tokens + 12·L·T·(n_heads·head_dim)·tokens, over a jitted fp32
-      jnp.matmul peak measured in the same run;
+  (3) model FLOP/s of our step, 6·N·tokens + 12·L·T·(n_heads·head_dim)·tokens, over a jitted
+      jnp.matmul peak in the compute dtype, on the same device, measured in the same run;
   (4) TOFU eval: probabilities forward + greedy generation, ours vs transformers forward / `generate`,
       with the agreement of the generated token ids;
   (5) peak host memory (peak RSS, VmHWM) of each side: the PyTorch side runs in its own process;
   (6) parameter bytes per device, FSDP mesh (1, 8, 1) vs replicated, on 8 fake CPU devices (subprocess).
 Only numpy and the standard library are imported at module level, so the PyTorch worker never loads JAX
 and the FSDP subprocess never loads torch.
+
+`--device {auto,cpu,gpu}` (auto: the GPU when JAX's default backend is one) and `--dtype {float32,bfloat16}`
+(float32: everything fp32 on both sides; bfloat16: each side's standard mixed precision, fp32 master weights
+and AdamW, bf16 matmuls, fp32 losses; see `precision_recipe`). The device is decided in the parent; the
+PyTorch worker gets the torch device string ("cuda" or "cpu"). CPU-only phases (the OpenMP wait-policy
+comparison, torch thread settings) are skipped on a GPU with the reason recorded in the results.
 """
 
 from __future__ import annotations
@@ -80,8 +86,112 @@ def cpu_name() -> str:
     return platform.processor() or ""
 
 
+# ============================================================================================ device, dtype
+DTYPES = ("float32", "bfloat16")
+DEVICES = ("auto", "cpu", "gpu")
+TORCH_DEVICE = {"cpu": "cpu", "gpu": "cuda"}
+MM_SIZES = {"cpu": (1024, 2048), "gpu": (4096, 8192)}  # square matmul sizes of the peak, per device
+MM_INNER = {"cpu": 1, "gpu": 10}  # matmuls per timed call: one GPU matmul is too short to time alone
+# Parity thresholds, reported (never asserted): first-step loss and lockstep losses (relative), per-item
+# mean answer NLL (absolute). fp32: the two implementations agree to rounding. bf16: each side rounds
+# its matmul inputs (and PyTorch's autocast its logits) to 8 mantissa bits, ~4e-3 relative per value.
+PARITY_TOL = {
+    "float32": {"first_loss_rel": 1e-4, "lockstep_loss_rel": 1e-3, "avg_nll_abs": 1e-3},
+    "bfloat16": {"first_loss_rel": 3e-2, "lockstep_loss_rel": 5e-2, "avg_nll_abs": 5e-2},
+}
+CPU_ONLY_REASON = "CPU-only: on a GPU the host threads only launch kernels"
+
+
+def prepare_jax_env(requested: str, environ=os.environ) -> None:
+    """Environment for JAX, set before the parent first imports it: --device cpu hides any GPU from JAX
+    (JAX_PLATFORMS=cpu); otherwise JAX does not preallocate most of the GPU's memory (the PyTorch worker
+    shares the GPU, and each side's peak is read from its own allocator). Explicit settings win."""
+    if requested not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {requested!r}")
+    if requested == "cpu":
+        environ["JAX_PLATFORMS"] = "cpu"
+    else:
+        environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
+def resolve_device(requested: str, jax_backend: str) -> str:
+    """The device, "cpu" or "gpu", from --device and jax.default_backend() ("gpu" for CUDA and ROCm)."""
+    if requested not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {requested!r}")
+    if requested == "auto":
+        return "gpu" if jax_backend == "gpu" else "cpu"
+    if requested != jax_backend:
+        hint = "set JAX_PLATFORMS=cpu" if requested == "cpu" else "install jax with CUDA (jax[cuda12|13])"
+        raise ValueError(f"--device {requested} but JAX's default backend is {jax_backend!r} ({hint})")
+    return requested
+
+
+def mm_sizes_for(device: str, sizes: Sequence[int] | None) -> list[int]:
+    """--mm-sizes when given, else the device's default (large on a GPU, where small matmuls idle it)."""
+    out = list(sizes) if sizes else list(MM_SIZES[device])
+    if any(int(n) < 1 for n in out):
+        raise ValueError(f"--mm-sizes must be >= 1, got {out}")
+    return [int(n) for n in out]
+
+
+def precision_recipe(dtype: str, device: str) -> dict:
+    """What each side computes in, as written into the results."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    short = {"float32": "fp32", "bfloat16": "bf16"}[dtype]
+    if dtype == "float32":
+        ours = "fp32 throughout (model.dtype=float32, param_dtype=float32)"
+        torch = "fp32 throughout (no autocast)"
+        if device == "gpu":
+            ours += "; JAX's default matmul precision, which may use TF32 on this GPU"
+            torch += "; torch's default fp32 matmuls (TF32 off)"
+    else:
+        ours = (
+            "mixed: fp32 parameters, AdamW state, losses and λ; matmuls in bf16 with fp32 accumulation "
+            "(model.dtype=bfloat16, param_dtype=float32, as cel_jax's training configs); norms, RoPE, "
+            "softmax, residual stream and logits fp32; bf16 KV cache in generation"
+        )
+        torch = (
+            f"mixed: fp32 weights and fp32 AdamW; forwards (and `generate`) under "
+            f"torch.autocast('{TORCH_DEVICE[device]}', torch.bfloat16), so matmuls and SDPA run in bf16 "
+            "and the logits come out bf16; losses computed in fp32 (.float())"
+        )
+    return {"dtype": dtype, "short": short, "device": device, "ours": ours, "torch": torch}
+
+
+def parity_report(dtype: str, first_loss_rel: float, losses_ours, losses_torch, avg_nll_abs: float) -> dict:
+    """Parity of the two sides against the dtype's thresholds (PARITY_TOL): reported, not asserted."""
+    tol = PARITY_TOL[dtype]
+    a, b = np.asarray(losses_ours, float), np.asarray(losses_torch, float)
+    lock = (
+        float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12))) if a.size and a.shape == b.shape else None
+    )
+    vals = {"first_loss_rel": first_loss_rel, "lockstep_loss_rel": lock, "avg_nll_abs": avg_nll_abs}
+    within = {k: (None if v is None or not np.isfinite(v) else bool(v <= tol[k])) for k, v in vals.items()}
+    return {"dtype": dtype, "tolerance": dict(tol), "value": vals, "within": within}
+
+
+def jax_device_memory() -> dict | None:
+    """Peak / current bytes of JAX's allocator on device 0 in MB (GPU), or None where it has no stats."""
+    try:
+        import jax
+
+        st = jax.devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001 - not every backend reports memory
+        return None
+    if not st:
+        return None
+    mb = lambda k: round(st[k] / 2**20, 1) if st.get(k) is not None else None  # noqa: E731
+    return {
+        "peak_mb": mb("peak_bytes_in_use"),
+        "in_use_mb": mb("bytes_in_use"),
+        "limit_mb": mb("bytes_limit"),
+    }
+
+
 def machine_info() -> dict:
-    """CPU model, cores, memory, library versions and XLA flags (JAX is imported here)."""
+    """CPU model, cores, memory, library versions and XLA flags (JAX is imported here); the GPU's kind
+    as JAX names it, when JAX runs on one."""
     import jax
 
     cpu = cpu_name()
@@ -92,7 +202,16 @@ def machine_info() -> dict:
     except (OSError, ValueError, IndexError):
         pass
     versions = {"python": platform.python_version(), "jax": jax.__version__}
-    for name in ("jaxlib", "flax", "optax", "numpy", "transformers", "torch"):
+    for name in (
+        "jaxlib",
+        "flax",
+        "optax",
+        "numpy",
+        "transformers",
+        "torch",
+        "jax-cuda12-plugin",
+        "jax-cuda13-plugin",
+    ):
         try:
             from importlib.metadata import version
 
@@ -106,7 +225,9 @@ def machine_info() -> dict:
         "platform": platform.platform(),
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
+        "jax_device_kind": jax.devices()[0].device_kind,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "xla_python_client_preallocate": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"),
         "versions": versions,
     }
 
@@ -195,20 +316,31 @@ def agreement(ours: Sequence[Sequence[int]], theirs: Sequence[Sequence[int]]) ->
 
 
 # ============================================================================================ JAX side
-def jax_matmul_peak(sizes: Sequence[int] = (1024, 2048), reps: int = 3) -> dict:
-    """Best fp32 GFLOP/s of a jitted square jnp.matmul per size; `peak` is the best over sizes."""
+def jax_matmul_peak(
+    sizes: Sequence[int] = (1024, 2048), reps: int = 3, dtype: str = "float32", inner: int = 1
+) -> dict:
+    """Best GFLOP/s of a jitted square jnp.matmul in `dtype` on JAX's default device, per size; `peak` is
+    the best over sizes. One timing = `inner` matmuls dispatched back to back, then waited for."""
     import jax
     import jax.numpy as jnp
 
     f = jax.jit(jnp.matmul)
+    dt = jnp.dtype(dtype)
     out = {}
     for n in sizes:
-        a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-        b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+        a = jax.random.normal(jax.random.key(0), (n, n), dt)
+        b = jax.random.normal(jax.random.key(1), (n, n), dt)
         f(a, b).block_until_ready()
-        best = min(timed(lambda a=a, b=b: f(a, b).block_until_ready())[1] for _ in range(reps))
-        out[str(n)] = 2 * n**3 / best / 1e9
-    return {"gflops": out, "peak": max(out.values())}
+
+        def once(a=a, b=b):
+            for _ in range(inner - 1):
+                f(a, b)
+            return f(a, b).block_until_ready()  # one stream: the last one ends after all the others
+
+        best = min(timed(once)[1] for _ in range(reps))
+        out[str(n)] = 2 * n**3 * inner / best / 1e9
+        del a, b
+    return {"gflops": out, "peak": max(out.values()), "dtype": dtype, "inner": inner}
 
 
 def _unlearn_cfg(method: str, solver: str, lam0: float, eps: float, dual_lr: float):
@@ -421,12 +553,29 @@ def fsdp_param_bytes(model, fsdp: int) -> dict:
     }
 
 
+def fsdp_child_env(environ: dict, fsdp: int) -> dict:
+    """The FSDP child's JAX settings, made before it imports JAX: CPU only (also on a GPU machine, where
+    JAX would otherwise take the GPU) and `fsdp` host devices (XLA flag, replacing any count given)."""
+    flags = [
+        f for f in environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f
+    ]
+    return {
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": " ".join([*flags, f"--xla_force_host_platform_device_count={fsdp}"]),
+    }
+
+
 def _fsdp_child(conn, model_name: str, fsdp: int) -> None:
-    """Subprocess: jax_num_cpu_devices = fsdp before the backend starts, then fsdp_param_bytes."""
+    """Subprocess: the CPU platform with `fsdp` devices, set before JAX loads (fsdp_child_env) and again in
+    JAX's config before its backends start (in case the main module imported JAX), then fsdp_param_bytes."""
     try:
+        os.environ.update(fsdp_child_env(dict(os.environ), fsdp))
         import jax
 
+        jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_num_cpu_devices", fsdp)
+        if jax.default_backend() != "cpu" or jax.device_count() != fsdp:
+            raise RuntimeError(f"FSDP child: backend {jax.default_backend()}, {jax.device_count()} devices")
         from cel_jax import hf_io
 
         model, _ = hf_io.load_pretrained(model_name, with_tokenizer=False)
@@ -452,14 +601,23 @@ def run_fsdp_subprocess(model_name: str, fsdp: int = 8) -> dict:
 
 # ============================================================================================ PyTorch side
 def torch_setup(
-    folder: str, *, threads: int, attn: str = "sdpa", lr: float = 1e-5, weight_decay: float = 0.01
+    folder: str,
+    *,
+    threads: int,
+    attn: str = "sdpa",
+    lr: float = 1e-5,
+    weight_decay: float = 0.01,
+    device: str = "cpu",
 ):
-    """transformers' LlamaForCausalLM (fp32) + torch AdamW, matrices decayed (HF Trainer's grouping)."""
+    """transformers' LlamaForCausalLM (fp32 weights: also the master weights under bf16 autocast) on
+    `device` + torch AdamW, matrices decayed (HF Trainer's grouping). threads=0 leaves torch's default."""
     import torch
     from transformers import LlamaForCausalLM
 
-    torch.set_num_threads(threads)
+    if threads:
+        torch.set_num_threads(threads)
     model = LlamaForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attn)
+    model.to(device)
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -471,90 +629,147 @@ def torch_setup(
     return model, opt
 
 
+def torch_autocast(device: str, dtype: str):
+    """The forward's context: nothing in float32, torch.autocast(device type, bfloat16) in bfloat16."""
+    import contextlib
+
+    import torch
+
+    if dtype == "float32":
+        return contextlib.nullcontext()
+    if dtype != "bfloat16":
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def torch_sync(device: str) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), before a timer is read."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _to_torch(x, device: str):
+    import torch
+
+    return torch.from_numpy(np.asarray(x, np.int64)).to(device)
+
+
 def torch_logit_margin(logits_BTV, labels_BT):
-    """Our losses.logit_margin(shifted=True, average="token", tie="split") in torch (amax splits ties)."""
+    """Our losses.logit_margin(shifted=True, average="token", tie="split") in torch (amax splits ties),
+    in fp32 whatever the logits' dtype."""
     z = logits_BTV[:, :-1].float()
     mask = (labels_BT[:, 1:] != IGNORE).float()
     margin = (z.amax(-1) - z.mean(-1)) ** 2
     return (margin * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def torch_pdu_step(model, opt, batch: dict, lam: float, eps: float, dual_lr: float, clip: float = 1.0):
+def torch_pdu_step(
+    model,
+    opt,
+    batch: dict,
+    lam: float,
+    eps: float,
+    dual_lr: float,
+    clip: float = 1.0,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+):
     """L = L_f + λ (L_r − ε) per micro-batch (mean over M), clip 1.0, AdamW, then λ ← [λ + η(L_r − ε)]_+
-    (dual mode "step"). Returns (seconds, loss, new λ, {forward_s, backward_s, optimizer_s})."""
+    (dual mode "step"). Forwards under torch_autocast(device, dtype), losses and the backward outside it
+    in fp32. Returns (seconds, loss, new λ, {forward_s, backward_s, optimizer_s})."""
     import torch
 
     model.train()
+    torch_sync(device)
     t0 = time.perf_counter()
     opt.zero_grad(set_to_none=True)
-    f, r = batch["forget"], batch["retain"]
-    M = f["input_ids"].shape[0]
+    M = batch["forget"]["input_ids"].shape[0]
     t_f = t_b = 0.0
     losses, l_rs = [], []
     for m in range(M):
         ta = time.perf_counter()
-        tens = {
-            k: {n: torch.from_numpy(np.asarray(v[m], np.int64)) for n, v in p.items()}
-            for k, p in batch.items()
-        }
+        tens = {k: {n: _to_torch(v[m], device) for n, v in p.items()} for k, p in batch.items()}
         tf, tr = tens["forget"], tens["retain"]
-        logits = model(input_ids=tf["input_ids"], attention_mask=tf["attention_mask"]).logits
+        with torch_autocast(device, dtype):
+            logits = model(input_ids=tf["input_ids"], attention_mask=tf["attention_mask"]).logits
         l_f = torch_logit_margin(logits, tf["labels"])
-        l_r = model(input_ids=tr["input_ids"], attention_mask=tr["attention_mask"], labels=tr["labels"]).loss
+        with torch_autocast(device, dtype):  # transformers' loss upcasts the logits to fp32 itself
+            out = model(input_ids=tr["input_ids"], attention_mask=tr["attention_mask"], labels=tr["labels"])
+        l_r = out.loss.float()
         loss = l_f + lam * (l_r - eps)
+        torch_sync(device)
         tb = time.perf_counter()
         (loss / M).backward()
+        torch_sync(device)
         tc = time.perf_counter()
         t_f += tb - ta
         t_b += tc - tb
         losses.append(float(loss.detach()))
         l_rs.append(float(l_r.detach()))
-    del f, r
+        del logits, out, loss, l_f, l_r
     tc = time.perf_counter()
     torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     opt.step()
+    torch_sync(device)
     t_o = time.perf_counter() - tc
     lam = max(0.0, lam + dual_lr * (float(np.mean(l_rs)) - eps))
     total = time.perf_counter() - t0
     return total, float(np.mean(losses)), lam, {"forward_s": t_f, "backward_s": t_b, "optimizer_s": t_o}
 
 
-def torch_forward_probs(model, items: Sequence[dict], pad_id: int) -> tuple[list[float], float]:
-    """Per-item token-mean NLL of the labelled (shifted) tokens, one right-padded batch, no_grad."""
+def torch_forward_probs(
+    model, items: Sequence[dict], pad_id: int, *, device: str = "cpu", dtype: str = "float32"
+) -> tuple[list[float], float]:
+    """Per-item token-mean NLL of the labelled (shifted) tokens, one right-padded batch, no_grad; the
+    forward under torch_autocast, the log-softmax in fp32."""
     import torch
 
     model.eval()
+    torch_sync(device)
     t0 = time.perf_counter()
     n = max(len(it["input_ids"]) for it in items)
     p = _pad(items, pad_id, n)
     with torch.no_grad():
-        ids = torch.from_numpy(p["input_ids"].astype(np.int64))
-        logits = model(
-            input_ids=ids, attention_mask=torch.from_numpy(p["attention_mask"].astype(np.int64))
-        ).logits
-        lab = torch.from_numpy(p["labels"].astype(np.int64))[:, 1:]
+        ids, att = _to_torch(p["input_ids"], device), _to_torch(p["attention_mask"], device)
+        with torch_autocast(device, dtype):
+            logits = model(input_ids=ids, attention_mask=att).logits
+        lab = _to_torch(p["labels"], device)[:, 1:]
         logp = torch.log_softmax(logits[:, :-1].float(), -1)
         mask = lab != IGNORE
         nll = -torch.gather(logp, -1, lab.clamp(min=0)[..., None])[..., 0] * mask
-        avg = (nll.sum(-1) / mask.sum(-1).clamp(min=1)).tolist()
+        avg = (nll.sum(-1) / mask.sum(-1).clamp(min=1)).tolist()  # .tolist() waits for the device
     return avg, time.perf_counter() - t0
 
 
-def torch_generate(model, prompts: Sequence[Sequence[int]], eos_ids, pad_id: int, max_new_tokens: int):
-    """transformers `generate` (greedy), one left-padded batch; outputs cut at the first EOS."""
+def torch_generate(
+    model,
+    prompts: Sequence[Sequence[int]],
+    eos_ids,
+    pad_id: int,
+    max_new_tokens: int,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+):
+    """transformers `generate` (greedy, under torch_autocast), one left-padded batch; outputs cut at the
+    first EOS."""
     import torch
 
     model.eval()
+    torch_sync(device)
     t0 = time.perf_counter()
     P = max(len(p) for p in prompts)
     ids = np.full((len(prompts), P), pad_id, np.int64)
     mask = np.zeros((len(prompts), P), np.int64)
     for i, p in enumerate(prompts):
         ids[i, P - len(p) :], mask[i, P - len(p) :] = p, 1
-    with torch.no_grad():
+    with torch.no_grad(), torch_autocast(device, dtype):
         out = model.generate(
-            input_ids=torch.from_numpy(ids),
-            attention_mask=torch.from_numpy(mask),
+            input_ids=_to_torch(ids, device),
+            attention_mask=_to_torch(mask, device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
@@ -563,7 +778,7 @@ def torch_generate(model, prompts: Sequence[Sequence[int]], eos_ids, pad_id: int
         )
     res = []
     eos = set(int(e) for e in eos_ids)
-    for row in out[:, P:].tolist():
+    for row in out[:, P:].tolist():  # .tolist() waits for the device
         toks = []
         for t in row:
             if t in eos:
@@ -573,82 +788,144 @@ def torch_generate(model, prompts: Sequence[Sequence[int]], eos_ids, pad_id: int
     return res, time.perf_counter() - t0
 
 
-def torch_matmul_peak(sizes: Sequence[int] = (1024, 2048), reps: int = 3) -> dict:
+def torch_matmul_peak(
+    sizes: Sequence[int] = (1024, 2048),
+    reps: int = 3,
+    *,
+    device: str = "cpu",
+    dtype: str = "float32",
+    inner: int = 1,
+) -> dict:
+    """Best GFLOP/s of a square `a @ b` in `dtype` on `device` per size (as jax_matmul_peak)."""
     import torch
 
+    dt = getattr(torch, dtype)
     out = {}
     for n in sizes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, device=device, dtype=dt), torch.randn(n, n, device=device, dtype=dt)
         a @ b
-        best = min(timed(lambda a=a, b=b: a @ b)[1] for _ in range(reps))
-        out[str(n)] = 2 * n**3 / best / 1e9
-    return {"gflops": out, "peak": max(out.values())}
+        torch_sync(device)
+
+        def once(a=a, b=b):
+            for _ in range(inner):
+                a @ b
+            torch_sync(device)
+
+        best = min(timed(once)[1] for _ in range(reps))
+        out[str(n)] = 2 * n**3 * inner / best / 1e9
+        del a, b
+    return {"gflops": out, "peak": max(out.values()), "dtype": dtype, "inner": inner}
 
 
-def torch_forward_time(model, part: dict) -> float:
+def torch_forward_time(model, part: dict, *, device: str = "cpu", dtype: str = "float32") -> float:
     """Seconds of one no-grad forward of a [1, B, T] batch part (thread-policy comparison)."""
     import torch
 
+    def fwd():
+        with torch_autocast(device, dtype):
+            model(input_ids=ids, attention_mask=mask)
+        torch_sync(device)
+
     with torch.no_grad():
-        ids = torch.from_numpy(np.asarray(part["input_ids"][0], np.int64))
-        mask = torch.from_numpy(np.asarray(part["attention_mask"][0], np.int64))
-        return timed(lambda: model(input_ids=ids, attention_mask=mask))[1]
+        ids = _to_torch(part["input_ids"][0], device)
+        mask = _to_torch(part["attention_mask"][0], device)
+        torch_sync(device)
+        return timed(fwd)[1]
+
+
+def torch_memory(device: str) -> dict:
+    """Host peak RSS, and on a GPU torch's peak allocated / reserved bytes (MB) since the worker began."""
+    import torch
+
+    out = {"maxrss_mb": maxrss_mb()}
+    if torch.device(device).type == "cuda":
+        out["cuda_max_allocated_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        out["cuda_max_reserved_mb"] = round(torch.cuda.max_memory_reserved(device) / 2**20, 1)
+    return out
 
 
 def _torch_worker(
-    conn, folder: str, threads: int, attn: str, lam0: float, eps: float, dual_lr: float, omp_wait: str
+    conn,
+    folder: str,
+    threads: int,
+    attn: str,
+    lam0: float,
+    eps: float,
+    dual_lr: float,
+    omp_wait: str | None,
+    device: str = "cpu",
+    dtype: str = "float32",
 ) -> None:
     """Subprocess loop: ("step" | "forward" | "forward_batch" | "generate" | "matmul" | "rss" | "stop",
-    kwargs) -> dict. `omp_wait` sets OMP_WAIT_POLICY before torch (and its OpenMP runtime) loads."""
-    if omp_wait != "default":
+    kwargs) -> dict. `omp_wait` sets OMP_WAIT_POLICY before torch (and its OpenMP runtime) loads; None
+    leaves the environment as it is (on a GPU). `device` is torch's ("cpu" or "cuda")."""
+    if omp_wait is None:
+        pass
+    elif omp_wait != "default":
         os.environ["OMP_WAIT_POLICY"] = omp_wait
     else:
         os.environ.pop("OMP_WAIT_POLICY", None)
     try:
         rss0 = maxrss_mb()
-        (model, opt), t_load = timed(lambda: torch_setup(folder, threads=threads, attn=attn))
         import torch
 
+        if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                f"torch {torch.__version__} sees no CUDA device (torch.version.cuda {torch.version.cuda})"
+            )
+        (model, opt), t_load = timed(lambda: torch_setup(folder, threads=threads, attn=attn, device=device))
         ctx = {"lam": lam0}
-        conn.send(
-            {
-                "load_s": t_load,
-                "maxrss_mb_before_load": rss0,
-                "maxrss_mb": maxrss_mb(),
-                "attn_implementation": model.config._attn_implementation,
-                "torch_threads": torch.get_num_threads(),
-                "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (libgomp: spin, then sleep)"),
-            }
-        )
+        info = {
+            "load_s": t_load,
+            "maxrss_mb_before_load": rss0,
+            "attn_implementation": model.config._attn_implementation,
+            "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default (libgomp: spin, then sleep)"),
+            "device": device,
+            "dtype": dtype,
+            "torch_version": torch.__version__,
+            "cuda_version": torch.version.cuda,
+            **torch_memory(device),
+        }
+        if torch.device(device).type == "cuda":
+            try:  # descriptive only: never fails the worker
+                info["cuda_device_name"] = torch.cuda.get_device_name(device)
+                info["tf32_matmul"] = bool(torch.backends.cuda.matmul.allow_tf32)
+            except Exception as e:  # noqa: BLE001
+                info["cuda_info_error"] = repr(e)
+        conn.send(info)
     except Exception:  # noqa: BLE001
         conn.send({"error": traceback.format_exc()})
         return
+    dd = {"device": device, "dtype": dtype}
     while True:
         cmd, kw = conn.recv()
         try:
             if cmd == "stop":
-                conn.send({"maxrss_mb": maxrss_mb()})
+                conn.send(torch_memory(device))
                 return
             if cmd == "step":
-                s, loss, ctx["lam"], parts = torch_pdu_step(model, opt, kw["batch"], ctx["lam"], eps, dual_lr)
+                s, loss, ctx["lam"], parts = torch_pdu_step(
+                    model, opt, kw["batch"], ctx["lam"], eps, dual_lr, **dd
+                )
                 out = {"seconds": s, "loss": loss, "lam": ctx["lam"], **parts}
             elif cmd == "forward":
-                avg, s = torch_forward_probs(model, kw["items"], kw["pad_id"])
+                avg, s = torch_forward_probs(model, kw["items"], kw["pad_id"], **dd)
                 out = {"seconds": s, "avg_loss": avg}
             elif cmd == "generate":
                 ids, s = torch_generate(
-                    model, kw["prompts"], kw["eos_ids"], kw["pad_id"], kw["max_new_tokens"]
+                    model, kw["prompts"], kw["eos_ids"], kw["pad_id"], kw["max_new_tokens"], **dd
                 )
                 out = {"seconds": s, "ids": ids}
             elif cmd == "forward_batch":
-                out = {"seconds": torch_forward_time(model, kw["part"])}
+                out = {"seconds": torch_forward_time(model, kw["part"], **dd)}
             elif cmd == "matmul":
-                out = torch_matmul_peak(kw.get("sizes", (1024, 2048)))
+                out = torch_matmul_peak(kw.get("sizes", (1024, 2048)), inner=kw.get("inner", 1), **dd)
             elif cmd == "rss":
                 out = {}
             else:
                 raise ValueError(f"unknown command {cmd!r}")
-            out["maxrss_mb"] = maxrss_mb()
+            out.update(torch_memory(device))
         except Exception:  # noqa: BLE001
             out = {"error": traceback.format_exc()}
         conn.send(out)
@@ -658,13 +935,22 @@ class TorchWorker:
     """The PyTorch side in its own process (separate ru_maxrss; never imports JAX)."""
 
     def __init__(
-        self, folder: str, threads: int, attn: str, lam0: float, eps: float, dual_lr: float, omp_wait: str
+        self,
+        folder: str,
+        threads: int,
+        attn: str,
+        lam0: float,
+        eps: float,
+        dual_lr: float,
+        omp_wait: str | None,
+        device: str = "cpu",
+        dtype: str = "float32",
     ):
         ctx = mp.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=_torch_worker,
-            args=(child, folder, threads, attn, lam0, eps, dual_lr, omp_wait),
+            args=(child, folder, threads, attn, lam0, eps, dual_lr, omp_wait, device, dtype),
             daemon=True,
         )
         self.proc.start()
@@ -704,13 +990,24 @@ def _peaks(samples: Sequence[dict]) -> dict:
     return {"best": max(p["peak"] for p in samples), "median": median([p["peak"] for p in samples])}
 
 
-def run(args: argparse.Namespace) -> dict:
-    """The whole benchmark; returns the results dict (written by `write_results`)."""
+def run(args: argparse.Namespace, res: dict | None = None) -> dict:
+    """The whole benchmark; returns the results dict (written by `write_results`). `res`, when given, is
+    filled in place, so a caller keeps what was measured when a later phase fails."""
     t_start = time.time()
-    res: dict[str, Any] = {"command": command_line(args), "loadavg_start": loadavg(), "args": vars(args)}
+    res = {} if res is None else res
+    res.update({"command": command_line(args), "loadavg_start": loadavg(), "args": vars(args)})
     rss: dict[str, float] = {"start": maxrss_mb()}
+    import jax
+
     from cel_jax import data, hf_io
 
+    device = resolve_device(args.device, jax.default_backend())
+    tdev = TORCH_DEVICE[device]
+    res["device"], res["dtype"], res["torch_device"] = device, args.dtype, tdev
+    res["mm_sizes"], res["mm_inner"] = mm_sizes_for(device, args.mm_sizes), MM_INNER[device]
+    res["precision"] = precision_recipe(args.dtype, device)
+    res["skipped"] = {}
+    dev_mem: dict[str, dict | None] = {}
     res["machine"] = machine_info()
     folder = str(hf_io.resolve(args.model))
     tok = hf_io.load_tokenizer(folder)
@@ -720,13 +1017,23 @@ def run(args: argparse.Namespace) -> dict:
     batch = train_batch(tok, forget, read_jsonl(tofu / "full.jsonl")[:400], args.batch, args.seq)
     items, prompts = eval_items(tok, forget[: args.eval_items])
 
-    _log("starting the PyTorch worker")
-    threads = args.torch_threads or os.cpu_count() or 1
-    worker = TorchWorker(folder, threads, args.attn, args.lam0, args.eps, args.dual_lr, args.omp_wait)
+    _log(f"starting the PyTorch worker (torch device {tdev}, {args.dtype})")
+    if device == "gpu":
+        threads, omp_wait = 0, None
+        res["skipped"]["torch_threads"] = f"{CPU_ONLY_REASON}; torch keeps its default thread count"
+        res["skipped"]["omp_wait"] = f"{CPU_ONLY_REASON}; OMP_WAIT_POLICY left as the environment has it"
+    else:
+        threads, omp_wait = args.torch_threads or os.cpu_count() or 1, args.omp_wait
+    worker = TorchWorker(
+        folder, threads, args.attn, args.lam0, args.eps, args.dual_lr, omp_wait, device=tdev, dtype=args.dtype
+    )
     res["torch_info"] = dict(worker.info)
-    _log("loading our model")
-    (model, _), t_load = timed(lambda: hf_io.load_pretrained(folder, with_tokenizer=False))
+    _log(f"loading our model (model.dtype={args.dtype}, param_dtype=float32)")
+    (model, _), t_load = timed(
+        lambda: hf_io.load_pretrained(folder, dtype=args.dtype, param_dtype="float32", with_tokenizer=False)
+    )
     rss["model_loaded"] = maxrss_mb()
+    dev_mem["model_loaded"] = jax_device_memory()
     res["load_s"] = {"ours": t_load, "torch": worker.info["load_s"]}
     flops = model_flops(model.cfg, 2 * args.batch, args.seq)
     res["shapes"] = {"M": 1, "B_forget": args.batch, "B_retain": args.batch, "T": args.seq}
@@ -736,14 +1043,19 @@ def run(args: argparse.Namespace) -> dict:
     try:
         res["eval"] = phase_eval(model, tok, worker, items, prompts, data.pad_id_of(tok), args)
         rss["after_eval"] = maxrss_mb()
-        res["torch_rss_after_eval"] = worker("rss")["maxrss_mb"]
-        res.update(phase_steps(model, worker, batch, flops, rss, args))
-        if args.omp_compare:
+        dev_mem["after_eval"] = jax_device_memory()
+        res["torch_after_eval"] = worker("rss")
+        res["torch_rss_after_eval"] = res["torch_after_eval"]["maxrss_mb"]
+        res.update(phase_steps(model, worker, batch, flops, rss, args, res, dev_mem))
+        if args.omp_compare and device == "gpu":
+            res["skipped"]["omp_compare"] = CPU_ONLY_REASON
+        elif args.omp_compare:
             _log("torch thread-policy check: libgomp's default wait policy (second worker)")
             res["omp_compare"] = omp_compare(worker, folder, threads, args, batch["retain"])
     finally:
         res["torch_final"] = worker.close()
     rss["end"] = maxrss_mb()
+    dev_mem["end"] = jax_device_memory()
     res["memory_mb"] = {
         "ours_phases": rss,
         "ours_peak_through_eval": rss["after_eval"],
@@ -754,8 +1066,27 @@ def run(args: argparse.Namespace) -> dict:
         "torch_peak_training": res["torch_final"]["maxrss_mb"],
         "how": "peak RSS (VmHWM) of each process (ours: this process; PyTorch: its spawned worker process)",
     }
+    if device == "gpu":
+        tf = res["torch_final"]
+        res["device_memory_mb"] = {
+            "ours_phases": dev_mem,
+            "ours_peak": max((m["peak_mb"] or 0.0 for m in dev_mem.values() if m), default=None),
+            "torch_after_load": res["torch_info"].get("cuda_max_allocated_mb"),
+            "torch_peak_through_eval": res["torch_after_eval"].get("cuda_max_allocated_mb"),
+            "torch_peak": tf.get("cuda_max_allocated_mb"),
+            "torch_peak_reserved": tf.get("cuda_max_reserved_mb"),
+            "how": "ours: peak_bytes_in_use of JAX's allocator on device 0 (memory_stats(), None where not "
+            "reported); PyTorch: torch.cuda.max_memory_allocated (and max_memory_reserved) in its worker",
+        }
+    res["parity"] = parity_report(
+        args.dtype,
+        res["warmup"]["first_loss_rel_diff"],
+        res["steps"]["samples_s"]["losses_pdu"],
+        res["steps"]["samples_s"]["losses_torch"],
+        res["eval"]["max_abs_avg_loss_diff"],
+    )
     if args.fsdp:
-        _log("FSDP bytes per device (subprocess, 8 fake CPU devices)")
+        _log("FSDP bytes per device (subprocess, 8 fake CPU devices, JAX_PLATFORMS=cpu)")
         res["fsdp"] = run_fsdp_subprocess(folder, 8)
     res["loadavg_end"] = loadavg()
     res["wall_s"] = time.time() - t_start
@@ -815,10 +1146,28 @@ def phase_eval(model, tok, worker: TorchWorker, items, prompts, pad_id: int, arg
     }
 
 
-def phase_steps(model, worker: TorchWorker, batch: dict, flops: dict, rss: dict, args) -> dict:
-    """(1)-(3): compile, warm up, then interleaved PDU / PyTorch / GradDiff steps and matmul peaks.
+def phase_steps(
+    model,
+    worker: TorchWorker,
+    batch: dict,
+    flops: dict,
+    rss: dict,
+    args,
+    res: dict | None = None,
+    dev_mem: dict | None = None,
+) -> dict:
+    """(1)-(3): compile, warm up, then interleaved PDU / PyTorch / GradDiff steps and matmul peaks (in the
+    compute dtype, sizes and matmuls per timing from `res`, else the CPU's).
     The model's arrays become the PDU state's parameters, donated by the first step: `model` is dead after."""
     import jax
+
+    res = res or {}
+    dev_mem = {} if dev_mem is None else dev_mem
+    mm = {
+        "sizes": res.get("mm_sizes") or mm_sizes_for("cpu", args.mm_sizes),
+        "inner": res.get("mm_inner", 1),
+    }
+    jax_peak_fn = lambda: jax_matmul_peak(mm["sizes"], dtype=args.dtype, inner=mm["inner"])  # noqa: E731
 
     _log("PDU step: compile")
     pdu = make_jax_step(
@@ -832,6 +1181,7 @@ def phase_steps(model, worker: TorchWorker, batch: dict, flops: dict, rss: dict,
     warm["torch_first_step_s"], warm["torch_first_loss"] = t0["seconds"], t0["loss"]
     warm["first_loss_rel_diff"] = abs(warm["pdu_first_loss"] - t0["loss"]) / max(abs(t0["loss"]), 1e-12)
     rss["after_pdu_warmup"] = maxrss_mb()
+    dev_mem["after_pdu_warmup"] = jax_device_memory()
 
     _log("GradDiff step: compile")
     gd = make_jax_step(
@@ -844,7 +1194,7 @@ def phase_steps(model, worker: TorchWorker, batch: dict, flops: dict, rss: dict,
     )
     comp["grad_diff"] = compile_step(gd, batch)
 
-    peaks = {"jax": [jax_matmul_peak(args.mm_sizes)], "torch": [worker("matmul", sizes=args.mm_sizes)]}
+    peaks = {"jax": [jax_peak_fn()], "torch": [worker("matmul", **mm)]}
     S: dict[str, list] = {k: [] for k in ("pdu", "grad_diff", "torch", "pdu_dispatch", "loadavg")}
     S.update(torch_parts=[], losses_pdu=[], losses_torch=[])
     for rep in range(args.reps):
@@ -862,10 +1212,11 @@ def phase_steps(model, worker: TorchWorker, batch: dict, flops: dict, rss: dict,
                 S["torch"].append(o["seconds"])
                 S["losses_torch"].append(o["loss"])
                 S["torch_parts"].append({k: o[k] for k in ("forward_s", "backward_s", "optimizer_s")})
-        peaks["jax"].append(jax_matmul_peak(args.mm_sizes))
-        peaks["torch"].append(worker("matmul", sizes=args.mm_sizes))
+        peaks["jax"].append(jax_peak_fn())
+        peaks["torch"].append(worker("matmul", **mm))
         S["loadavg"].append(loadavg()[0])
     rss["after_steps"] = maxrss_mb()
+    dev_mem["after_steps"] = jax_device_memory()
     m_pdu, m_gd, m_t = median(S["pdu"]), median(S["grad_diff"]), median(S["torch"])
     tokens, jax_peak, torch_peak = flops["tokens"], _peaks(peaks["jax"]), _peaks(peaks["torch"])
     achieved, achieved_t = flops["total"] / m_pdu / 1e9, flops["total"] / m_t / 1e9
@@ -963,7 +1314,17 @@ def jnp_copy(x):
 def omp_compare(worker: TorchWorker, folder: str, threads: int, args, part: dict, reps: int = 1) -> dict:
     """No-grad forwards of one batch part: the main worker (args.omp_wait) vs a second worker with libgomp's
     default wait policy, same thread count, interleaved; medians in seconds."""
-    other = TorchWorker(folder, threads, args.attn, args.lam0, args.eps, args.dual_lr, "default")
+    other = TorchWorker(
+        folder,
+        threads,
+        args.attn,
+        args.lam0,
+        args.eps,
+        args.dual_lr,
+        "default",
+        device="cpu",
+        dtype=args.dtype,
+    )
     try:
         t: dict[str, list[float]] = {"main": [], "default_policy": []}
         for w in (worker, other):
@@ -980,10 +1341,13 @@ def omp_compare(worker: TorchWorker, folder: str, threads: int, args, part: dict
 
 
 def goal_table(res: dict) -> list[dict]:
+    """The four goals, computed the same way whatever the device and dtype; (3) is over the matmul peak in
+    the run's compute dtype on its device."""
+    short = precision_recipe(res.get("dtype", "float32"), res.get("device", "cpu"))["short"]
     rows = [
         ("(1) PDU step tokens/s, ours / PyTorch", res["steps"]["speedup_pdu_vs_torch"], ">=", 1.5),
         ("(2) PDU step time / GradDiff step time", res["steps"]["pdu_over_graddiff"], "<=", 1.03),
-        ("(3) model FLOP/s / fp32 matmul peak (best)", res["mfu"]["fraction_of_best_peak"], ">=", 0.5),
+        (f"(3) model FLOP/s / {short} matmul peak (best)", res["mfu"]["fraction_of_best_peak"], ">=", 0.5),
         ("(4) TOFU eval time, PyTorch / ours", res["eval"]["speedup_total"], ">=", 2.0),
     ]
     return [
@@ -1017,22 +1381,57 @@ def _f(x: float, nd: int = 2) -> str:
 def _md_header(res: dict) -> list[str]:
     m, ti, st = res["machine"], res["torch_info"], res["steps"]
     v = m["versions"]
+    device, dtype = res.get("device", "cpu"), res.get("dtype", "float32")
+    prec = res.get("precision") or precision_recipe(dtype, device)
+    if device == "gpu":
+        title = f"GPU: {m.get('jax_device_kind') or ti.get('cuda_device_name')}, {dtype}"
+        machine = (
+            f"Machine: GPU {m.get('jax_device_kind')} (JAX) / {ti.get('cuda_device_name')} (torch, CUDA "
+            f"{ti.get('cuda_version')}); host {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; jax "
+            f"{v['jax']}, flax {v['flax']}, torch {v['torch']}, transformers {v['transformers']}; "
+            f"XLA_FLAGS=`{m['xla_flags'] or '(none)'}`, XLA_PYTHON_CLIENT_PREALLOCATE="
+            f"{m.get('xla_python_client_preallocate')}. PyTorch on `{res.get('torch_device', 'cuda')}`, "
+            f"attention `{ti['attn_implementation']}`, {ti['torch_threads']} host threads (its default)."
+        )
+        load = (
+            f"Host load average (1/5/15 min): start {res['loadavg_start']}, end {res['loadavg_end']}. "
+            "Timings are medians of interleaved repetitions; every timer waits for the GPU "
+            "(block_until_ready or a host copy on our side, torch.cuda.synchronize or a host copy on "
+            "PyTorch's)."
+        )
+    else:
+        title = "CPU" if dtype == "float32" else f"CPU, {dtype}"
+        machine = (
+            f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; jax {v['jax']}, "
+            f"flax {v['flax']}, torch {v['torch']}, transformers {v['transformers']}; "
+            f"XLA_FLAGS=`{m['xla_flags'] or '(none)'}`. PyTorch: {ti['torch_threads']} threads, "
+            f"OMP_WAIT_POLICY {ti['omp_wait_policy']}, attention `{ti['attn_implementation']}`."
+            + (" fp32 on both sides." if dtype == "float32" else "")
+        )
+        load = (
+            f"Load average (1/5/15 min): start {res['loadavg_start']}, end {res['loadavg_end']}; "
+            f"1-min load after each step repetition {st['samples_s']['loadavg']}. The 2 cores are shared "
+            "with other jobs (our own process adds about 2). Timings are medians of interleaved repetitions."
+        )
     L = [
-        "# Throughput: cel_jax vs PyTorch/transformers (CPU)",
+        f"# Throughput: cel_jax vs PyTorch/transformers ({title})",
         "",
         f"Regenerate (from the repository root; {res['wall_s'] / 60:.0f} min in this run):",
         "",
         f"    {res['command']}",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; jax {v['jax']}, flax {v['flax']}, "
-        f"torch {v['torch']}, transformers {v['transformers']}; XLA_FLAGS=`{m['xla_flags'] or '(none)'}`. "
-        f"PyTorch: {ti['torch_threads']} threads, OMP_WAIT_POLICY {ti['omp_wait_policy']}, attention "
-        f"`{ti['attn_implementation']}`. fp32 on both sides.",
+        machine,
         "",
-        f"Load average (1/5/15 min): start {res['loadavg_start']}, end {res['loadavg_end']}; 1-min load "
-        f"after each step repetition {st['samples_s']['loadavg']}. The 2 cores are shared with other jobs "
-        "(our own process adds about 2). Timings are medians of interleaved repetitions.",
-        "",
+    ]
+    if device == "gpu" or dtype != "float32":
+        L += [
+            f"Precision ({dtype}, device {device}). Ours: {prec['ours']}. PyTorch: {prec['torch']}.",
+            "",
+        ]
+    L += [load, ""]
+    if res.get("skipped"):
+        L += ["Skipped here: " + "; ".join(f"`{k}` ({r})" for k, r in res["skipped"].items()) + ".", ""]
+    L += [
         "## Goals",
         "",
         "| goal | reached | target | met |",
@@ -1085,6 +1484,7 @@ def _md_steps(res: dict) -> list[str]:
         f"{w['torch_first_loss']:.6g} (relative difference {w['first_loss_rel_diff']:.1e}).",
         f"The two sides then step in lockstep from the same weights and batch: losses ours {lp}, "
         f"PyTorch {lt}.",
+        *_md_parity(res, ("first_loss_rel", "lockstep_loss_rel")),
         "",
         f"PDU / GradDiff: ratio of medians {_f(st['pdu_over_graddiff'], 3)}, median of paired ratios "
         f"{_f(st['pdu_over_graddiff_paired'], 3)}. The steps differ only in the forget term on the logits; "
@@ -1099,6 +1499,12 @@ def _md_steps(res: dict) -> list[str]:
 def _md_flops(res: dict) -> list[str]:
     mf, fl, pk = res["mfu"], res["flops"], res["matmul_peak_gflops"]
     st, tp = res["steps"], res["steps"]["torch_parts_median_s"]
+    device = res.get("device", "cpu")
+    short = precision_recipe(res.get("dtype", "float32"), device)["short"]
+    sizes = res.get("mm_sizes") or res["args"]["mm_sizes"]
+    where = " on the GPU" if device == "gpu" else ""
+    n_in = res.get("mm_inner", 1)
+    inner = f" of {n_in} back-to-back matmuls per timing" if n_in > 1 else ""
     L = [
         "",
         "## Model FLOP/s and where the time goes",
@@ -1107,7 +1513,7 @@ def _md_flops(res: dict) -> list[str]:
         f"({fl['dense'] / 1e9:.1f} dense + {fl['attention'] / 1e9:.1f} attention); XLA's cost analysis of "
         f"the compiled PDU step counts {mf['xla_cost_analysis_flops'] / 1e9:.1f} GFLOP.",
         "",
-        f"fp32 matmul peak (jitted jnp.matmul, square sizes {res['args']['mm_sizes']}, best of 3 per size, "
+        f"{short} matmul peak (jitted jnp.matmul{where}, square sizes {sizes}, best of 3 per size{inner}, "
         f"measured {len(pk['samples']['jax'])} times through the run): best {_f(pk['jax']['best'], 1)} "
         f"GFLOP/s, median {_f(pk['jax']['median'], 1)}; torch's matmul: best {_f(pk['torch']['best'], 1)}.",
         "",
@@ -1184,8 +1590,31 @@ def _md_eval(res: dict) -> list[str]:
         f"first divergence per item {a['first_divergence']}. "
         f"Generated tokens: ours {ev['generated_tokens_ours']}, PyTorch {ev['generated_tokens_torch']}. "
         f"Max |mean answer NLL, ours − PyTorch| over items: {ev['max_abs_avg_loss_diff']:.1e}.",
+        *_md_parity(res, ("avg_nll_abs",)),
     ]
     return L
+
+
+_PARITY_NAMES = {
+    "first_loss_rel": "first-step loss (relative)",
+    "lockstep_loss_rel": "lockstep losses (max relative)",
+    "avg_nll_abs": "mean answer NLL (max absolute)",
+}
+
+
+def _md_parity(res: dict, keys: Sequence[str]) -> list[str]:
+    """One line: the parity values against the dtype's thresholds (none for results without them)."""
+    par = res.get("parity")
+    if not par:
+        return []
+    bits = []
+    for k in keys:
+        v, tol, ok = par["value"].get(k), par["tolerance"][k], par["within"].get(k)
+        verdict = "n/a" if ok is None else ("within" if ok else "OUTSIDE")
+        bits.append(f"{_PARITY_NAMES[k]} {'n/a' if v is None else f'{v:.1e}'} vs {tol:.0e}: {verdict}")
+    return [
+        f"Parity against the {par['dtype']} thresholds (reported, not asserted): " + "; ".join(bits) + "."
+    ]
 
 
 def _md_memory(res: dict) -> list[str]:
@@ -1204,6 +1633,25 @@ def _md_memory(res: dict) -> list[str]:
         "",
         f"Ours after imports + tokenizer (transformers imports torch): {o['imports_and_tokenizer']:.0f} MB.",
     ]
+    dm = res.get("device_memory_mb")
+    if dm:
+        mb = lambda x: "n/a" if x is None else f"{x:.0f}"  # noqa: E731
+        peak = lambda k: (dm["ours_phases"].get(k) or {}).get("peak_mb")  # noqa: E731
+        L += [
+            "",
+            "## Peak GPU memory (MB; peaks so far at each point, each side's own allocator)",
+            "",
+            "| | after load | through eval | through training (one PDU state) | end |",
+            "|---|---|---|---|---|",
+            f"| ours (JAX peak_bytes_in_use) | {mb(peak('model_loaded'))} | {mb(peak('after_eval'))} | "
+            f"{mb(peak('after_pdu_warmup'))} | {mb(peak('end'))} (+ the GradDiff state) |",
+            f"| PyTorch (max_memory_allocated) | {mb(dm['torch_after_load'])} | "
+            f"{mb(dm['torch_peak_through_eval'])} | {mb(dm['torch_peak'])} | {mb(dm['torch_peak'])} "
+            f"(reserved {mb(dm['torch_peak_reserved'])}) |",
+            "",
+            "Our peak includes the matmul-peak operands; JAX does not preallocate here "
+            f"(XLA_PYTHON_CLIENT_PREALLOCATE={res['machine'].get('xla_python_client_preallocate')}).",
+        ]
     fs = res.get("fsdp")
     if fs and "error" not in fs:
         rep = max(fs["replicated_per_device"].values())
@@ -1247,22 +1695,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-reps", type=int, default=2)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--attn", default="sdpa", choices=("sdpa", "eager"), help="transformers attention")
-    p.add_argument("--mm-sizes", type=int, nargs="+", default=[1024, 2048])
+    p.add_argument(
+        "--mm-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"square matmul sizes of the peak (default: {list(MM_SIZES['cpu'])} on the CPU, "
+        f"{list(MM_SIZES['gpu'])} on a GPU)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=DEVICES,
+        help="auto: the GPU when JAX's default backend is one, else the CPU (PyTorch follows: cuda / cpu)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=DTYPES,
+        help="float32: fp32 on both sides; bfloat16: fp32 master weights + AdamW, bf16 matmuls, fp32 losses "
+        "(ours model.dtype=bfloat16, param_dtype=float32; PyTorch torch.autocast bf16)",
+    )
     p.add_argument("--lam0", type=float, default=1.0)
     p.add_argument("--eps", type=float, default=1.0)
     p.add_argument("--dual-lr", type=float, default=1.0)
-    p.add_argument("--torch-threads", type=int, default=0, help="0: os.cpu_count()")
+    p.add_argument("--torch-threads", type=int, default=0, help="0: os.cpu_count() (CPU only)")
     p.add_argument(
         "--omp-wait",
         default="PASSIVE",
         choices=("PASSIVE", "ACTIVE", "default"),
-        help="torch's OMP_WAIT_POLICY",
+        help="torch's OMP_WAIT_POLICY (CPU only)",
     )
     p.add_argument(
         "--omp-compare",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also time torch forwards with libgomp's default wait policy (a second worker)",
+        help="also time torch forwards with libgomp's default wait policy (a second worker; CPU only)",
     )
     p.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument(
@@ -1276,13 +1744,33 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def validate_args(args: argparse.Namespace) -> None:
     for k in ("batch", "seq", "reps", "eval_items", "eval_reps", "max_new_tokens"):
         if getattr(args, k) < 1:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(args, k)}")
+    if args.torch_threads < 0:
+        raise ValueError(f"--torch-threads must be >= 0, got {args.torch_threads}")
+    if args.mm_sizes is not None:
+        mm_sizes_for("cpu", args.mm_sizes)
+    if args.device not in DEVICES or args.dtype not in DTYPES:
+        raise ValueError(f"--device {args.device!r} / --dtype {args.dtype!r}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    validate_args(args)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    res = run(args)
+    prepare_jax_env(args.device)  # before JAX is first imported (run() imports it)
+    res: dict[str, Any] = {}
+    try:
+        run(args, res)
+    except BaseException:
+        res["error"] = traceback.format_exc()
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "throughput_partial.json").write_text(json.dumps(res, indent=2, default=str) + "\n")
+        _log(f"failed; what was measured is in {out / 'throughput_partial.json'}")
+        raise
     j, m = write_results(res, args.out)
     print(markdown(res))
     _log(f"wrote {j} and {m}")

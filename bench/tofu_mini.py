@@ -154,8 +154,8 @@ def train_stage(stage: Path, cfg, mode: str) -> dict:
     return info
 
 
-def eval_stage(stage: Path, model_dir: Path, overrides: dict) -> dict:
-    """TOFU suite of the exported model in model_dir, written to `stage`."""
+def eval_stage(stage: Path, model_dir: Path, overrides: dict, dtype: str = "float32") -> dict:
+    """TOFU suite of the exported model in model_dir (computing in `dtype`), written to `stage`."""
     from cel_jax import hf_io
     from cel_jax.evaluation import driver
 
@@ -164,7 +164,7 @@ def eval_stage(stage: Path, model_dir: Path, overrides: dict) -> dict:
         return got
     print(f"\n=== {stage.name}: TOFU eval of {model_dir} ===", flush=True)
     t0 = time.time()
-    model, tok = hf_io.load_pretrained(str(model_dir))
+    model, tok = hf_io.load_pretrained(str(model_dir), dtype=dtype)
     res = driver.evaluate("tofu", model, tok, overrides, stage, model_name=str(model_dir))
     info = {"wall_s": round(time.time() - t0, 1), "summary": res["summary"]}
     _write_json(stage / "DONE.json", info)

@@ -9,9 +9,12 @@ import orbax.checkpoint as ocp
 
 
 def _path(workdir: str):
+    """<workdir>/ckpt; a local workdir is made absolute (newer Orbax rejects relative paths)."""
+    import os
+
     from etils import epath
 
-    return epath.Path(workdir) / "ckpt"
+    return epath.Path(workdir if "://" in str(workdir) else os.path.abspath(workdir)) / "ckpt"
 
 
 def manager(workdir: str, every: int, keep: int = 2, async_save: bool = True) -> ocp.CheckpointManager:

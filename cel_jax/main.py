@@ -49,12 +49,12 @@ def main(argv):
     if FLAGS["verbosity"].using_default_value:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
     jax.config.config_with_absl()
-    _compilation_cache(jax)
+    compilation_cache(jax)
     func = getattr(importlib.import_module(module), fn)
     return func(_CONFIG.value, FLAGS)
 
 
-def _compilation_cache(jax) -> None:
+def compilation_cache(jax) -> None:
     """Persistent XLA cache: a rerun of the same job skips compilation (CEL_JAX_XLA_CACHE="" disables)."""
     import os
     from pathlib import Path

@@ -147,3 +147,294 @@ def test_breakdown_runs_on_the_compacted_batch(tiny):
     out = tp.jax_breakdown(st, batch, reps=1)
     assert out["forward_s"] > 0 and out["optimizer_s"] > 0
     assert all(not x.is_deleted() for x in jax.tree.leaves(st["state"]))  # the state itself is not donated
+
+
+# ---------------------------------------------------------------------------------- --device / --dtype
+def test_resolve_device_and_env():
+    assert tp.resolve_device("auto", "gpu") == "gpu"
+    assert tp.resolve_device("auto", "cpu") == "cpu"
+    assert tp.resolve_device("gpu", "gpu") == "gpu"
+    assert tp.resolve_device("cpu", "cpu") == "cpu"
+    with pytest.raises(ValueError, match="default backend is 'cpu'"):
+        tp.resolve_device("gpu", "cpu")
+    with pytest.raises(ValueError, match="JAX_PLATFORMS=cpu"):
+        tp.resolve_device("cpu", "gpu")
+    with pytest.raises(ValueError, match="device must be"):
+        tp.resolve_device("tpu", "cpu")
+    assert {k: tp.TORCH_DEVICE[tp.resolve_device("auto", b)] for k, b in (("g", "gpu"), ("c", "cpu"))} == {
+        "g": "cuda",
+        "c": "cpu",
+    }
+    env: dict[str, str] = {}
+    tp.prepare_jax_env("cpu", env)
+    assert env == {"JAX_PLATFORMS": "cpu"}
+    env = {}
+    tp.prepare_jax_env("auto", env)
+    assert env == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "true"}
+    tp.prepare_jax_env("gpu", env)  # an explicit setting wins
+    assert env == {"XLA_PYTHON_CLIENT_PREALLOCATE": "true"}
+
+
+def test_mm_sizes_precision_and_parity():
+    assert tp.mm_sizes_for("cpu", None) == [1024, 2048]
+    assert tp.mm_sizes_for("gpu", None) == [4096, 8192]
+    assert tp.mm_sizes_for("gpu", [64]) == [64]
+    with pytest.raises(ValueError, match="mm-sizes"):
+        tp.mm_sizes_for("cpu", [0])
+    p = tp.precision_recipe("bfloat16", "gpu")
+    assert p["short"] == "bf16" and "torch.autocast('cuda', torch.bfloat16)" in p["torch"]
+    assert "param_dtype=float32" in p["ours"] and "fp32 AdamW" in p["torch"]
+    assert "torch.autocast('cpu'" in tp.precision_recipe("bfloat16", "cpu")["torch"]
+    assert tp.precision_recipe("float32", "cpu")["short"] == "fp32"
+    assert "TF32" in tp.precision_recipe("float32", "gpu")["ours"]
+    with pytest.raises(ValueError, match="dtype"):
+        tp.precision_recipe("float16", "cpu")
+    # the same differences: outside the fp32 thresholds, within the bf16 ones
+    args = (5e-3, [100.0, 90.0], [100.2, 90.1], 2e-2)
+    f32, b16 = tp.parity_report("float32", *args), tp.parity_report("bfloat16", *args)
+    assert f32["value"]["lockstep_loss_rel"] == pytest.approx(0.2 / 100.2)
+    assert f32["within"] == {"first_loss_rel": False, "lockstep_loss_rel": False, "avg_nll_abs": False}
+    assert b16["within"] == {"first_loss_rel": True, "lockstep_loss_rel": True, "avg_nll_abs": True}
+    assert tp.parity_report("bfloat16", 0.0, [], [], 0.0)["within"]["lockstep_loss_rel"] is None
+
+
+def test_fsdp_child_env_forces_cpu_and_device_count():
+    env = tp.fsdp_child_env({"XLA_FLAGS": "--foo=1 --xla_force_host_platform_device_count=2"}, 8)
+    assert env["JAX_PLATFORMS"] == "cpu"
+    assert env["XLA_FLAGS"].split() == ["--foo=1", "--xla_force_host_platform_device_count=8"]
+    assert tp.fsdp_child_env({}, 4)["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+
+
+def test_parser_flags_and_validation():
+    p = tp.build_parser()
+    a = p.parse_args([])
+    assert (a.device, a.dtype, a.mm_sizes, a.batch, a.seq) == ("auto", "float32", None, 2, 128)
+    for bad in (["--dtype", "float16"], ["--device", "tpu"]):
+        with pytest.raises(SystemExit):
+            p.parse_args(bad)
+    tp.validate_args(a)
+    for bad in (["--batch", "0"], ["--mm-sizes", "0"], ["--torch-threads", "-1"]):
+        with pytest.raises(ValueError):
+            tp.validate_args(p.parse_args(bad))
+    g = p.parse_args(["--device", "gpu", "--dtype", "bfloat16", "--batch", "16"])
+    cmd = tp.command_line(g)
+    assert "--device gpu" in cmd and "--dtype bfloat16" in cmd and "--batch 16" in cmd
+    assert "--mm-sizes" not in tp.command_line(a)
+
+
+def _fake_results(device: str, dtype: str) -> dict:
+    """A results dict shaped as run() writes it (numbers made up), for the markdown renderer."""
+    gpu = device == "gpu"
+    peak = {"gflops": {"8192": 7e5}, "peak": 7e5}
+    res = {
+        "command": "python -m bench.throughput",
+        "loadavg_start": [0.1, 0.1, 0.1],
+        "loadavg_end": [0.2, 0.1, 0.1],
+        "args": vars(tp.build_parser().parse_args(["--device", device, "--dtype", dtype])),
+        "device": device,
+        "dtype": dtype,
+        "torch_device": tp.TORCH_DEVICE[device],
+        "mm_sizes": tp.mm_sizes_for(device, None),
+        "mm_inner": tp.MM_INNER[device],
+        "precision": tp.precision_recipe(dtype, device),
+        "skipped": {"omp_compare": tp.CPU_ONLY_REASON} if gpu else {},
+        "machine": {
+            "cpu": "Some CPU",
+            "cores": 16,
+            "memory_gb": 128.0,
+            "xla_flags": "",
+            "jax_device_kind": "NVIDIA H200" if gpu else "cpu",
+            "xla_python_client_preallocate": "false",
+            "versions": {"jax": "0.11.2", "flax": "0.12.8", "torch": "2.11.0", "transformers": "5.17.0"},
+        },
+        "torch_info": {
+            "torch_threads": 16,
+            "omp_wait_policy": "PASSIVE",
+            "attn_implementation": "sdpa",
+            "cuda_device_name": "NVIDIA H200" if gpu else None,
+            "cuda_version": "13.0" if gpu else None,
+        },
+        "wall_s": 120.0,
+        "shapes": {"M": 1, "B_forget": 16, "B_retain": 16, "T": 256, "tokens": 8192},
+        "flops_formula": "f",
+        "flops": {
+            "n_params": 134_515_008,
+            "tokens": 8192,
+            "dense": 6.6e12,
+            "attention": 1e11,
+            "total": 6.7e12,
+        },
+        "compile": {
+            k: {"trace_lower_s": 1.0, "compile_s": 20.0, "xla_flops": 6e12} for k in ("pdu", "grad_diff")
+        },
+        "warmup": {
+            "pdu_first_step_s": 2.0,
+            "pdu_first_loss": 500.0,
+            "torch_first_step_s": 1.0,
+            "torch_first_loss": 501.0,
+            "first_loss_rel_diff": 2e-3,
+        },
+        "steps": {
+            "samples_s": {
+                "pdu": [0.05],
+                "grad_diff": [0.05],
+                "torch": [0.1],
+                "pdu_dispatch": [0.001],
+                "loadavg": [0.1],
+                "torch_parts": [],
+                "losses_pdu": [450.0],
+                "losses_torch": [451.0],
+            },
+            "median_s": {"pdu": 0.05, "grad_diff": 0.05, "torch": 0.1},
+            "tokens_per_s": {"pdu": 1.6e5, "grad_diff": 1.6e5, "torch": 8e4},
+            "speedup_pdu_vs_torch": 2.0,
+            "pdu_over_graddiff": 1.0,
+            "pdu_over_graddiff_paired": 1.0,
+            "torch_parts_median_s": {"forward_s": 0.03, "backward_s": 0.05, "optimizer_s": 0.02},
+            "loss_head": {
+                "pdu_s": 0.001,
+                "grad_diff_s": 0.001,
+                "delta_s": 0.0,
+                "estimated_ratio": 1.0,
+                "xla_flops_ratio": 1.0,
+            },
+        },
+        "matmul_peak_gflops": {
+            "jax": {"best": 7e5, "median": 6.9e5},
+            "torch": {"best": 7.1e5, "median": 7e5},
+            "samples": {"jax": [peak], "torch": [peak]},
+        },
+        "mfu": {
+            "achieved_gflops_pdu": 1.3e5,
+            "achieved_gflops_torch": 6.7e4,
+            "fraction_of_best_peak": 0.19,
+            "fraction_of_median_peak": 0.19,
+            "torch_fraction_of_torch_best_peak": 0.09,
+            "xla_cost_analysis_flops": 6e12,
+        },
+        "eval": {
+            "items": 40,
+            "max_new_tokens": 64,
+            "first_call_s": {
+                "ours_forward_s": 5.0,
+                "ours_generate_s": 9.0,
+                "torch_forward_s": 1.0,
+                "torch_generate_s": 2.0,
+            },
+            "median_s": {
+                "ours_forward": 0.01,
+                "ours_generate": 0.2,
+                "torch_forward": 0.02,
+                "torch_generate": 1.5,
+            },
+            "speedup_forward": 2.0,
+            "speedup_generate": 7.5,
+            "speedup_total": 7.2,
+            "generated_tokens_ours": 2000,
+            "generated_tokens_torch": 2010,
+            "agreement": {"exact": 0.5, "token": 0.8, "first_divergence": [None, 7]},
+            "max_abs_avg_loss_diff": 0.02,
+        },
+        "memory_mb": {
+            "ours_phases": {"model_loaded": 3000, "imports_and_tokenizer": 900},
+            "ours_peak_through_eval": 3100,
+            "ours_peak_one_training_state": 3200,
+            "ours_peak_end": 3300,
+            "torch_after_load": 1500,
+            "torch_peak_through_eval": 1600,
+            "torch_peak_training": 1700,
+        },
+    }
+    if gpu:
+        res["device_memory_mb"] = {
+            "ours_phases": {
+                "model_loaded": {"peak_mb": 600.0},
+                "after_eval": {"peak_mb": 2000.0},
+                "after_pdu_warmup": {"peak_mb": 9000.0},
+                "end": None,
+            },
+            "torch_after_load": 540.0,
+            "torch_peak_through_eval": 3000.0,
+            "torch_peak": 12000.0,
+            "torch_peak_reserved": 14000.0,
+        }
+    res["parity"] = tp.parity_report(dtype, 2e-3, [450.0], [451.0], 0.02)
+    res["goals"] = tp.goal_table(res)
+    return res
+
+
+def test_markdown_gpu_bf16_and_cpu_fp32():
+    md = tp.markdown(_fake_results("gpu", "bfloat16"))
+    assert md.startswith("# Throughput: cel_jax vs PyTorch/transformers (GPU: NVIDIA H200, bfloat16)")
+    for s in (
+        "(3) model FLOP/s / bf16 matmul peak (best)",
+        "bf16 matmul peak (jitted jnp.matmul on the GPU, square sizes [4096, 8192]",
+        "10 back-to-back matmuls per timing",
+        "torch.autocast('cuda', torch.bfloat16)",
+        "Peak GPU memory",
+        "| ours (JAX peak_bytes_in_use) | 600 | 2000 | 9000 | n/a (+ the GradDiff state) |",
+        "Skipped here: `omp_compare`",
+        "Parity against the bfloat16 thresholds (reported, not asserted): first-step loss (relative) 2.0e-03 "
+        "vs 3e-02: within",
+        "mean answer NLL (max absolute) 2.0e-02 vs 5e-02: within",
+    ):
+        assert s in md, s
+    assert "2 cores" not in md and "OMP_WAIT_POLICY PASSIVE" not in md
+    assert tp.goal_table(_fake_results("gpu", "bfloat16"))[0]["value"] == 2.0
+    cpu = _fake_results("cpu", "float32")
+    md = tp.markdown(cpu)
+    assert md.startswith("# Throughput: cel_jax vs PyTorch/transformers (CPU)\n")
+    assert "fp32 on both sides." in md and "(3) model FLOP/s / fp32 matmul peak (best)" in md
+    assert "fp32 matmul peak (jitted jnp.matmul, square sizes [1024, 2048], best of 3 per size," in md
+    assert "Peak GPU memory" not in md and "Skipped here" not in md
+    assert "first-step loss (relative) 2.0e-03 vs 1e-04: OUTSIDE" in md
+    for k in ("device", "dtype", "mm_sizes", "mm_inner", "precision", "skipped", "parity"):  # older results
+        cpu.pop(k)
+    assert "fp32 matmul peak" in tp.markdown(cpu)
+
+
+# ---------------------------------------------------------------------------------- bf16 on the CPU
+def test_matmul_peaks_in_compute_dtype():
+    pk = tp.jax_matmul_peak((32,), reps=1, dtype="bfloat16", inner=2)
+    assert pk["peak"] > 0 and (pk["dtype"], pk["inner"]) == ("bfloat16", 2)
+    tk = tp.torch_matmul_peak((32,), reps=1, dtype="bfloat16", inner=2)
+    assert tk["peak"] > 0 and tk["dtype"] == "bfloat16"
+    assert isinstance(tp.torch_autocast("cpu", "bfloat16"), torch.autocast)
+    with pytest.raises(ValueError):
+        tp.torch_autocast("cpu", "float16")
+
+
+def test_bf16_step_and_eval_parity(tiny):
+    """Mixed precision on both sides (ours model.dtype=bfloat16, PyTorch autocast): the Lagrangian and the
+    answer NLLs agree within the bf16 thresholds, and PyTorch's weights and moments stay fp32."""
+    folder, _, tok = tiny
+    model, _ = hf_io.load_pretrained(str(folder), dtype="bfloat16", with_tokenizer=False)
+    assert model.cfg.dtype == "bfloat16" and model.embed.dtype == np.float32
+    batch = tp.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
+    copy = jax.tree.map(lambda x: x.copy(), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    ours = tp.make_jax_step(model, "pdu", "primal_dual", batch, lam0=2.0, eps=3.0, dual_lr=0.5, params=copy)
+    tp.compile_step(ours, batch)
+    _, _, loss = tp.run_step(ours, batch)
+    tmodel, opt = tp.torch_setup(str(folder), threads=1)
+    _, t_loss, _, _ = tp.torch_pdu_step(tmodel, opt, batch, 2.0, 3.0, 0.5, dtype="bfloat16")
+    tol = tp.PARITY_TOL["bfloat16"]
+    assert abs(loss - t_loss) / abs(t_loss) <= tol["first_loss_rel"]
+    assert {p.dtype for p in tmodel.parameters()} == {torch.float32}
+    assert {s["exp_avg"].dtype for s in opt.state.values()} == {torch.float32}
+    items, _ = tp.eval_items(tok, ROWS[:2])
+    from cel_jax import data
+
+    pad = data.pad_id_of(tok)
+    from cel_jax.evaluation import forward
+
+    o_avg = [s["avg_loss"] for s in forward.item_stats(model, items, pad, batch_size=2, progress=False)]
+    t_avg, _ = tp.torch_forward_probs(tmodel, items, pad, dtype="bfloat16")
+    assert np.max(np.abs(np.asarray(o_avg) - np.asarray(t_avg))) <= tol["avg_nll_abs"]
+
+
+def test_fsdp_subprocess_is_cpu_with_its_own_device_count(tiny):
+    folder, model, _ = tiny
+    out = tp.run_fsdp_subprocess(str(folder), 4)  # the test process has 8 CPU devices; the child 4
+    assert "error" not in out, out.get("error")
+    assert out["devices"] == 4 and out["total_param_bytes"] == model.cfg.num_params * 4

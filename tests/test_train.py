@@ -165,6 +165,19 @@ def test_restore_onto_another_mesh(model_dir, tmp_path):
         assert ra["dual_next"] == pytest.approx(rb["dual_next"], abs=1e-5)
 
 
+def test_relative_workdir_checkpoints_under_an_absolute_path(model_dir, tmp_path, monkeypatch):
+    """Newer Orbax (0.12.4 on the GPU machine, see results/gpu/log_call2.txt) rejects relative checkpoint
+    paths: a relative --workdir is resolved against the current directory and resumes from there."""
+    assert (
+        checkpoint._path("runs/x").is_absolute() and str(checkpoint._path("gs://b/run")) == "gs://b/run/ckpt"
+    )
+    monkeypatch.chdir(tmp_path)
+    train.run(tiny_cfg(model_dir, max_steps=2, **{"ckpt.every": 2}), "rel")
+    assert (tmp_path / "rel" / "ckpt" / "2").is_dir()
+    out = train.run(tiny_cfg(model_dir, max_steps=3, **{"ckpt.every": 2}), "rel")
+    assert out["summary"]["resumed_from"] == 2
+
+
 def test_compiles_once_per_length_bucket(model_dir, tmp_path):
     before = step_lib.TRACE_COUNT["primal_dual"]
     cfg = tiny_cfg(model_dir, max_steps=9, epochs=3, **{"dual.lam0": 2.5})
