@@ -236,3 +236,35 @@ def test_bad_folders_fail_clearly(tmp_path):
         hf_io.load_pretrained(str(tmp_path), with_tokenizer=False)
     with pytest.raises(FileNotFoundError):
         hf_io.load_pretrained("./does/not/exist")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_attention_reduce_equals_einsum(dtype, monkeypatch):
+    """The one-token decode path (multiply-and-reduce over the cache) computes what the einsum path does."""
+    from cel_jax.model import llama
+
+    cfg = LlamaConfig.tiny(vocab_size=128, dtype=dtype)
+    model = Llama(cfg, rngs=nnx.Rngs(0))
+    B, P, S = 3, 5, 9
+    ids = jax.random.randint(jax.random.key(1), (B, P), 0, 128)
+    mask = jnp.ones((B, P), jnp.int32).at[0, :2].set(0)  # a left-padded row
+    kv = jnp.concatenate([mask.astype(bool), jnp.zeros((B, S - P), bool)], 1)
+    pos = jnp.maximum(jnp.cumsum(mask, 1) - 1, 0)
+    _, cache = model.decode_step(ids, pos, kv, llama.init_cache(cfg, B, S), 0)
+    kv = kv.at[:, P].set(True)
+    outs = {}
+    for mode in ("einsum", "reduce"):
+        monkeypatch.setattr(llama, "DECODE_ATTENTION", mode)
+        outs[mode] = model.decode_step(ids[:, :1], pos[:, -1:] + 1, kv, cache, P)
+    tol = 1e-5 if dtype == "float32" else 3e-2
+
+    def rel(a, b):  # max error relative to the values' scale (random-init logits are ~1e-4)
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        return np.abs(a - b).max() / np.abs(b).max()
+
+    assert rel(outs["reduce"][0], outs["einsum"][0]) < tol
+    for a, b in zip(jax.tree.leaves(outs["reduce"][1]), jax.tree.leaves(outs["einsum"][1]), strict=True):
+        assert rel(a, b) < tol  # layer 2's cache writes follow layer 1's output
+    # and the comparison can fail: attending to the padding of row 0 changes its logits
+    wrong = model.decode_step(ids[:, :1], pos[:, -1:] + 1, kv.at[0, :2].set(True), cache, P)[0]
+    assert rel(wrong[0], outs["reduce"][0][0]) > 3 * tol

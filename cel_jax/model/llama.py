@@ -31,6 +31,24 @@ def _param(rngs: nnx.Rngs, shape, axes, dtype, scale=0.02, zeros=False):
     return nnx.Param(init, logical_axes=axes)
 
 
+# One decoded token (T = 1) attends as multiply-and-reduce over the head-major cache instead of two
+# batched einsums: on XLA:CPU the einsums lower to B*K tiny [G, H] x [H, S] matrix products (0.30 s vs
+# 0.18 s for 30 layers at B 50, S 328); same math, fp32 accumulation. "einsum" keeps the other path.
+DECODE_ATTENTION = "reduce"
+
+
+def _decode_attention(q_B1KGH, k_BKSH, v_BKSH, mask_B1S, dt):
+    """softmax(q k^T / sqrt(H)) v for one query position; returns [B, 1, K, G, H]."""
+    acc = _acc(dt)
+    q_BKGH = q_B1KGH[:, 0].astype(acc)
+    H = q_BKGH.shape[-1]
+    scores_BKGS = jnp.sum(q_BKGH[:, :, :, None, :] * k_BKSH[:, :, None].astype(acc), axis=-1) * (H**-0.5)
+    scores_BKGS = jnp.where(mask_B1S[:, None, :, :], scores_BKGS, NEG_INF)
+    probs_BKGS = jax.nn.softmax(scores_BKGS, axis=-1).astype(dt)
+    out_BKGH = jnp.sum(probs_BKGS[..., None].astype(acc) * v_BKSH[:, :, None].astype(acc), axis=-2)
+    return out_BKGH.astype(dt)[:, None]
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, d: int, eps: float, dtype):
         self.scale = nnx.Param(jnp.ones((d,), dtype), logical_axes=("norm",))
@@ -101,10 +119,13 @@ class Attention(nnx.Module):
             kv_spec = "BKSH"
         else:
             kv_spec = "BSKH"
-        scores = jnp.einsum(f"BTKGH,{kv_spec}->BKGTS", q, k, preferred_element_type=_acc(dt)) * (H**-0.5)
-        scores = jnp.where(mask_BTS[:, None, None, :, :], scores, NEG_INF)
-        probs = jax.nn.softmax(scores, axis=-1).astype(dt)
-        out = jnp.einsum(f"BKGTS,{kv_spec}->BTKGH", probs, v).reshape(B, T, N, H)
+        if cache is not None and T == 1 and DECODE_ATTENTION == "reduce":
+            out = _decode_attention(q, k, v, mask_BTS, dt).reshape(B, T, N, H)
+        else:
+            scores = jnp.einsum(f"BTKGH,{kv_spec}->BKGTS", q, k, preferred_element_type=_acc(dt)) * (H**-0.5)
+            scores = jnp.where(mask_BTS[:, None, None, :, :], scores, NEG_INF)
+            probs = jax.nn.softmax(scores, axis=-1).astype(dt)
+            out = jnp.einsum(f"BKGTS,{kv_spec}->BTKGH", probs, v).reshape(B, T, N, H)
         y = jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt))
         if c.o_bias:
             y = y + self.o_bias[...].astype(dt)
