@@ -431,6 +431,11 @@ def main(argv=None) -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--data", default=str(DATA))
     a = ap.parse_args(argv)
+    import jax
+
+    from cel_jax.main import compilation_cache
+
+    compilation_cache(jax)  # a rerun of a method reuses its compiled step and eval programs
     res = run(a.preset, Path(a.workdir), Path(a.out), [m for m in a.methods.split(",") if m], a.model, a.data)
     print(Path(a.out, "results.md").read_text())
     print(
