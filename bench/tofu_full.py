@@ -29,6 +29,7 @@ from bench.tofu_mini import _curves, _done, _finite, _fmt, _write_json, eval_sta
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "tofu"
+HUB = "locuslab/TOFU"  # --data=locuslab/TOFU reads the hub (online users)
 RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 TABLE = (
     "forget_quality",
@@ -173,8 +174,8 @@ def run(a: argparse.Namespace) -> dict:
     bad = [s for s in splits if s not in RETAIN]
     if bad or not splits:
         raise ValueError(f"unknown TOFU forget splits {bad or splits}; expected some of {list(RETAIN)}")
-    if not (Path(a.data) / "full.jsonl").exists():
-        raise FileNotFoundError(f"TOFU JSONL files not found in {a.data} (full.jsonl)")
+    if a.data != HUB and not (Path(a.data) / "full.jsonl").exists():
+        raise FileNotFoundError(f"TOFU JSONL files not found in {a.data} (full.jsonl); or pass --data={HUB}")
     work, out = Path(a.workdir), Path(a.out)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -33,8 +33,15 @@ def _param(rngs: nnx.Rngs, shape, axes, dtype, scale=0.02, zeros=False):
 
 # One decoded token (T = 1) attends as multiply-and-reduce over the head-major cache instead of two
 # batched einsums: on XLA:CPU the einsums lower to B*K tiny [G, H] x [H, S] matrix products (0.30 s vs
-# 0.18 s for 30 layers at B 50, S 328); same math, fp32 accumulation. "einsum" keeps the other path.
-DECODE_ATTENTION = "reduce"
+# 0.18 s for 30 layers at B 50, S 328); same math, fp32 accumulation. "auto": reduce on the CPU, einsum
+# elsewhere (what the GPU results were measured with); "reduce" / "einsum" force one.
+DECODE_ATTENTION = "auto"
+
+
+def _decode_reduce() -> bool:
+    if DECODE_ATTENTION == "auto":
+        return jax.default_backend() == "cpu"
+    return DECODE_ATTENTION == "reduce"
 
 
 def _decode_attention(q_B1KGH, k_BKSH, v_BKSH, mask_B1S, dt):
@@ -119,7 +126,7 @@ class Attention(nnx.Module):
             kv_spec = "BKSH"
         else:
             kv_spec = "BSKH"
-        if cache is not None and T == 1 and DECODE_ATTENTION == "reduce":
+        if cache is not None and T == 1 and _decode_reduce():
             out = _decode_attention(q, k, v, mask_BTS, dt).reshape(B, T, N, H)
         else:
             scores = jnp.einsum(f"BTKGH,{kv_spec}->BKGTS", q, k, preferred_element_type=_acc(dt)) * (H**-0.5)
