@@ -37,6 +37,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -845,27 +846,31 @@ def torch_memory(device: str) -> dict:
     return out
 
 
-def _torch_worker(
-    conn,
-    folder: str,
-    threads: int,
-    attn: str,
-    lam0: float,
-    eps: float,
-    dual_lr: float,
-    omp_wait: str | None,
-    device: str = "cpu",
-    dtype: str = "float32",
-) -> None:
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What the PyTorch worker loads and how it steps: model folder, threads (0: torch's default),
+    attention, the dual's λ0 / ε / η, OMP_WAIT_POLICY (None: leave the environment), device, dtype."""
+
+    folder: str
+    threads: int
+    attn: str
+    lam0: float
+    eps: float
+    dual_lr: float
+    omp_wait: str | None
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+def _torch_worker(conn, spec: WorkerSpec) -> None:
     """Subprocess loop: ("step" | "forward" | "forward_batch" | "generate" | "matmul" | "rss" | "stop",
     kwargs) -> dict. `omp_wait` sets OMP_WAIT_POLICY before torch (and its OpenMP runtime) loads; None
     leaves the environment as it is (on a GPU). `device` is torch's ("cpu" or "cuda")."""
-    if omp_wait is None:
-        pass
-    elif omp_wait != "default":
-        os.environ["OMP_WAIT_POLICY"] = omp_wait
-    else:
+    device, dtype, omp_wait = spec.device, spec.dtype, spec.omp_wait
+    if omp_wait == "default":
         os.environ.pop("OMP_WAIT_POLICY", None)
+    elif omp_wait is not None:
+        os.environ["OMP_WAIT_POLICY"] = omp_wait
     try:
         rss0 = maxrss_mb()
         import torch
@@ -874,8 +879,10 @@ def _torch_worker(
             raise RuntimeError(
                 f"torch {torch.__version__} sees no CUDA device (torch.version.cuda {torch.version.cuda})"
             )
-        (model, opt), t_load = timed(lambda: torch_setup(folder, threads=threads, attn=attn, device=device))
-        ctx = {"lam": lam0}
+        (model, opt), t_load = timed(
+            lambda: torch_setup(spec.folder, threads=spec.threads, attn=spec.attn, device=device)
+        )
+        ctx = {"lam": spec.lam0}
         info = {
             "load_s": t_load,
             "maxrss_mb_before_load": rss0,
@@ -907,7 +914,7 @@ def _torch_worker(
                 return
             if cmd == "step":
                 s, loss, ctx["lam"], parts = torch_pdu_step(
-                    model, opt, kw["batch"], ctx["lam"], eps, dual_lr, **dd
+                    model, opt, kw["batch"], ctx["lam"], spec.eps, spec.dual_lr, **dd
                 )
                 out = {"seconds": s, "loss": loss, "lam": ctx["lam"], **parts}
             elif cmd == "forward":
@@ -935,25 +942,11 @@ def _torch_worker(
 class TorchWorker:
     """The PyTorch side in its own process (separate ru_maxrss; never imports JAX)."""
 
-    def __init__(
-        self,
-        folder: str,
-        threads: int,
-        attn: str,
-        lam0: float,
-        eps: float,
-        dual_lr: float,
-        omp_wait: str | None,
-        device: str = "cpu",
-        dtype: str = "float32",
-    ):
+    def __init__(self, spec: WorkerSpec):
         ctx = mp.get_context("spawn")
+        self.spec = spec
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(
-            target=_torch_worker,
-            args=(child, folder, threads, attn, lam0, eps, dual_lr, omp_wait, device, dtype),
-            daemon=True,
-        )
+        self.proc = ctx.Process(target=_torch_worker, args=(child, spec), daemon=True)
         self.proc.start()
         self.info = self._recv()
 
@@ -1025,9 +1018,10 @@ def run(args: argparse.Namespace, res: dict | None = None) -> dict:
         res["skipped"]["omp_wait"] = f"{CPU_ONLY_REASON}; OMP_WAIT_POLICY left as the environment has it"
     else:
         threads, omp_wait = args.torch_threads or os.cpu_count() or 1, args.omp_wait
-    worker = TorchWorker(
+    spec = WorkerSpec(
         folder, threads, args.attn, args.lam0, args.eps, args.dual_lr, omp_wait, device=tdev, dtype=args.dtype
     )
+    worker = TorchWorker(spec)
     res["torch_info"] = dict(worker.info)
     _log(f"loading our model (model.dtype={args.dtype}, param_dtype=float32)")
     (model, _), t_load = timed(
@@ -1052,7 +1046,7 @@ def run(args: argparse.Namespace, res: dict | None = None) -> dict:
             res["skipped"]["omp_compare"] = CPU_ONLY_REASON
         elif args.omp_compare:
             _log("torch thread-policy check: libgomp's default wait policy (second worker)")
-            res["omp_compare"] = omp_compare(worker, folder, threads, args, batch["retain"])
+            res["omp_compare"] = omp_compare(worker, args, batch["retain"])
     finally:
         res["torch_final"] = worker.close()
     rss["end"] = maxrss_mb()
@@ -1312,20 +1306,10 @@ def jnp_copy(x):
     return x.copy()
 
 
-def omp_compare(worker: TorchWorker, folder: str, threads: int, args, part: dict, reps: int = 1) -> dict:
+def omp_compare(worker: TorchWorker, args, part: dict, reps: int = 1) -> dict:
     """No-grad forwards of one batch part: the main worker (args.omp_wait) vs a second worker with libgomp's
     default wait policy, same thread count, interleaved; medians in seconds."""
-    other = TorchWorker(
-        folder,
-        threads,
-        args.attn,
-        args.lam0,
-        args.eps,
-        args.dual_lr,
-        "default",
-        device="cpu",
-        dtype=args.dtype,
-    )
+    other = TorchWorker(replace(worker.spec, omp_wait="default"))
     try:
         t: dict[str, list[float]] = {"main": [], "default_policy": []}
         for w in (worker, other):
@@ -1335,7 +1319,7 @@ def omp_compare(worker: TorchWorker, folder: str, threads: int, args, part: dict
                 t[k].append((worker if k == "main" else other)("forward_batch", part=part)["seconds"])
     finally:
         other.close()
-    out: dict[str, Any] = {"main_policy": args.omp_wait, "threads": threads, "samples_s": t}
+    out: dict[str, Any] = {"main_policy": args.omp_wait, "threads": worker.spec.threads, "samples_s": t}
     out["main_s"], out["default_policy_s"] = median(t["main"]), median(t["default_policy"])
     out["default_over_main"] = out["default_policy_s"] / out["main_s"]
     return out
