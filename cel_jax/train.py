@@ -295,8 +295,8 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     pending = None
     t0 = time.time()
     lam_max = cfg.dual.lam_max if cfg.dual.lam_max is not None else float("inf")
-    while int(state.step) < total_steps:
-        step_i = int(state.step)
+    step_i = start_step  # host copy of state.step (+1 per call): reading the device's would sync every step
+    while step_i < total_steps:
         epoch_before = cursor.epoch
         batch, cursor_after = td.next_batch(cursor, cfg.batch_size, cfg.grad_accum)
         for part, cap in spec.answer_rows:
@@ -321,13 +321,14 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
             mean_lr = _retain_pass(state.params, graphdef, td, cfg, mesh, epoch_before)
             new = dual_lib.dual_update(state.dual, mean_lr, eps, cfg.dual.lr, True, lam_max)
             state = state.replace(dual=jax.device_put(new, rep))
-        if mgr.should_save(int(state.step)) and pending is not None:
+        step_i += 1  # = state.step after this call (train_step adds 1)
+        if mgr.should_save(step_i) and pending is not None:
             _emit(log, bar, pending, eps)  # the log must hold every step the checkpoint holds
             pending = None
-        saved = checkpoint.save(mgr, int(state.step), state, {**meta_base, "cursor": list(cursor)})
+        saved = checkpoint.save(mgr, step_i, state, {**meta_base, "cursor": list(cursor)})
         if saved and remote and jax.process_index() == 0 and log.path.exists():
             _upload_file(log.path, workdir)
-        if _FAULT_AT_STEP and int(state.step) == _FAULT_AT_STEP:  # test hook: die like a preempted job
+        if _FAULT_AT_STEP and step_i == _FAULT_AT_STEP:  # test hook: die like a preempted job
             os.kill(os.getpid(), signal.SIGKILL)
     if pending is not None:
         _emit(log, bar, pending, eps)
