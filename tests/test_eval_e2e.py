@@ -197,6 +197,33 @@ def test_gradnorm_is_exact_per_sample(tofu_runs):
     assert got == pytest.approx(float(want), rel=1e-4)
 
 
+def test_gradnorm_length_buckets_change_no_score():
+    """Per-item length buckets (the default) give the scores of one common padded length, in item order,
+    with None for an item that has no MIA positions."""
+    tok = make_tokenizer("llama3")
+    model = _tiny(tok, seed=2)
+    rows = D.load_qa(TOFU_DIR, "holdout01")[:4]
+    items = [D.encode_qa(tok, r["question"], r["answer"][: 20 + 40 * i], "chat") for i, r in enumerate(rows)]
+    items.append(dict(items[0], labels=[-100] * (len(items[0]["labels"]) - 1) + [7]))  # one target: no score
+    lengths = {F.round_up(len(it["input_ids"]), 16) for it in items}
+    assert len(lengths) >= 3  # the items really fall into different buckets
+    pad = D.pad_id_of(tok)
+    kw = dict(multiple=16, progress=False)
+    got = F.gradnorm_scores(model, items, pad, per_item=True, **kw)
+    want = F.gradnorm_scores(model, items, pad, per_item=False, **kw)
+    assert got[-1] is None and want[-1] is None
+    np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-5)
+    singles = [F.gradnorm_scores(model, [it], pad, **kw)[0] for it in items[:2]]
+    np.testing.assert_allclose(got[:2], singles, rtol=1e-6)  # order kept
+
+
+def test_even_batches_keep_the_call_count_and_drop_filler_rows():
+    assert [F.even_batch(n, 32) for n in (40, 64, 33, 5, 32, 0)] == [20, 32, 17, 5, 32, 32]
+    for n, bs in ((40, 32), (81, 16), (7, 3)):
+        b, calls = F.even_batch(n, bs), math.ceil(n / bs)
+        assert b <= bs and math.ceil(n / b) == calls and b * calls - n < calls  # under one filler per call
+
+
 def test_compat_masks_eos_tokens_as_the_reference():
     tok = make_tokenizer("llama3", pad=False)  # pad = EOS = <|eot_id|>
     model = _tiny(tok, seed=1)

@@ -50,6 +50,12 @@ def round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-int(n) // multiple) * multiple)
 
 
+def even_batch(n: int, batch_size: int) -> int:
+    """The batch size that cuts n rows into the fewest batches of at most batch_size with the fewest
+    filler rows (the calls are as many as with batch_size; the last one is not mostly filler)."""
+    return math.ceil(n / math.ceil(n / batch_size)) if n else batch_size
+
+
 def key_mask(ids: np.ndarray, pad_id: int, compat: bool) -> np.ndarray:
     """Mask of the real tokens `ids`: all ones, or with `compat` the reference's `ids != pad_id`."""
     ids = np.asarray(ids)
@@ -198,6 +204,7 @@ def _plain_rows(
     """Row statistics with full-sequence forwards: rows sorted by length, right-padded to buckets."""
     order = sorted(range(len(items)), key=lambda i: len(items[i]["input_ids"]))
     out: list[RowStats | None] = [None] * len(items)
+    batch_size = even_batch(len(items), batch_size)
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         T = round_up(max(len(items[i]["input_ids"]) for i in idx), multiple)
@@ -235,7 +242,7 @@ def _prefix_groups(
 ) -> list[list[RowStats]]:
     """Row statistics of groups sharing a prompt prefix (prefill once, J chunks per group)."""
     J = len(groups[0])
-    G = max(1, batch_size // J)
+    G = even_batch(len(groups), max(1, batch_size // J))
     P = round_up(max(splits), multiple)  # one prefix bucket per call: the prefix is 1/J of the work
 
     def chunk_len(g: int) -> int:
@@ -366,6 +373,7 @@ def gradnorm_scores(
     pad_id: int,
     *,
     multiple: int = 32,
+    per_item: bool = True,
     compat: bool = False,
     desc: str = "mia_gradnorm",
     progress: bool = True,
@@ -373,29 +381,35 @@ def gradnorm_scores(
     """OU GradNorm score per item (batch 1, as the reference): mean over parameter tensors of the L2 norm of
     d(-mean target log-prob over the MIA positions)/d(param). None for an item without MIA positions.
 
-    Every item is padded to one length (the bucket of the longest), so the gradient compiles once."""
-    out: list[float | None] = []
-    if not items:
-        return out
-    T = round_up(max(len(it["input_ids"]) for it in items), multiple)
-    cap = answer_cap(
-        np.stack([np.pad(it["labels"], (0, T - len(it["labels"])), constant_values=IGNORE) for it in items]),
-        T,
-    )
+    Each item is right-padded to its own length bucket (a multiple of `multiple`; padding is masked and
+    changes no gradient), so the gradient compiles once per bucket and items run bucket by bucket.
+    `per_item=False` pads every item to the longest one's bucket instead (one compile, more tokens)."""
+    if multiple < 1:
+        raise ValueError(f"multiple must be positive, got {multiple}")
+    out: list[float | None] = [None] * len(items)
+    buckets: dict[int, list[int]] = {}
+    longest = max((len(it["input_ids"]) for it in items), default=0)
+    for i, it in enumerate(items):
+        if int(np.sum(np.asarray(it["labels"]) != IGNORE)) >= 2:  # else nothing left once the last is dropped
+            T = round_up(len(it["input_ids"]) if per_item else longest, multiple)
+            buckets.setdefault(T, []).append(i)
     with _progress(len(items), desc, progress) as bar:
-        for it in items:
-            n = len(it["input_ids"])
-            if int(np.sum(np.asarray(it["labels"]) != IGNORE)) < 2:  # nothing left once the last is dropped
-                out.append(None)
+        bar.update(len(items) - sum(map(len, buckets.values())))
+        for T, idx in sorted(buckets.items()):
+            labels_NT = np.full((len(idx), T), IGNORE, np.int32)
+            for r, i in enumerate(idx):
+                labels_NT[r, : len(items[i]["labels"])] = items[i]["labels"]
+            cap = answer_cap(labels_NT, T)
+            for r, i in enumerate(idx):
+                it = items[i]
+                n = len(it["input_ids"])
+                ids = np.full((1, T), pad_id, np.int32)
+                mask = np.zeros((1, T), np.int32)
+                ids[0, :n] = it["input_ids"]
+                mask[0, :n] = key_mask(it["input_ids"], pad_id, compat)
+                labels = labels_NT[r : r + 1]
+                out[i] = float(_gradnorm(model, *map(jnp.asarray, (ids, mask, labels)), cap=cap))
                 bar.update(1)
-                continue
-            ids = np.full((1, T), pad_id, np.int32)
-            mask = np.zeros((1, T), np.int32)
-            labels = np.full((1, T), IGNORE, np.int32)
-            ids[0, :n], labels[0, :n] = it["input_ids"], it["labels"]
-            mask[0, :n] = key_mask(it["input_ids"], pad_id, compat)
-            out.append(float(_gradnorm(model, *map(jnp.asarray, (ids, mask, labels)), cap=cap)))
-            bar.update(1)
     return out
 
 
@@ -470,7 +484,7 @@ def generate_ids(
         return []
     order = np.argsort([len(p) for p in prompts], kind="stable")
     n_batches = math.ceil(len(prompts) / batch_size)
-    B = math.ceil(len(prompts) / n_batches)
+    B = even_batch(len(prompts), batch_size)
     fn: Callable = _compat_generate if compat else gen.greedy_generate
     results: list[list[int]] = [[] for _ in prompts]
     with _progress(n_batches, desc, progress) as bar:

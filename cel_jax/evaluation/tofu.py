@@ -10,7 +10,7 @@ use `question`. Metric definitions: ../shared/reference/evaluation.md §2.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -192,6 +192,18 @@ def load_sets(cfg: Mapping[str, Any], need: set[str]) -> dict[str, list[dict]]:
     return rows
 
 
+def encoder(tok, cfg: Mapping[str, Any]) -> Callable[..., dict]:
+    """enc(question, answer, generate=False) -> item, with the config's template, system prompt and length."""
+    template = D.make_template(cfg["template"])
+    if template.apply_chat_template and cfg["system_prompt"] is not None:
+        template = dataclasses.replace(template, system_prompt=cfg["system_prompt"])
+
+    def enc(q: str, a: str, generate: bool = False) -> dict:
+        return D.encode_qa(tok, q, a, template, max_length=int(cfg["max_length"]), generate=generate)
+
+    return enc
+
+
 def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]:
     """Compute the requested metrics; returns (logs, timings_s). `cfg` is a complete config; metrics that
     cannot be computed (no retain logs, no reference model) get agg_value None and a "note"."""
@@ -211,14 +223,8 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
 
     t = F.clock()
     rows = load_sets(cfg, need)
-    template = D.make_template(cfg["template"])
-    if template.apply_chat_template and cfg["system_prompt"] is not None:
-        template = dataclasses.replace(template, system_prompt=cfg["system_prompt"])
+    enc = encoder(tok, cfg)
     qk, pad = cfg["question_key"], D.pad_id_of(tok)
-
-    def enc(q: str, a: str, generate: bool = False) -> dict:
-        return D.encode_qa(tok, q, a, template, max_length=int(cfg["max_length"]), generate=generate)
-
     groups, gen_items = {}, {}
     for short, (_, _, follows) in _QA_SETS.items():
         if short not in rows:
