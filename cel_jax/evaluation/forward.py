@@ -373,7 +373,7 @@ def gradnorm_scores(
     pad_id: int,
     *,
     multiple: int = 32,
-    per_item: bool = True,
+    per_item: bool | None = None,
     compat: bool = False,
     desc: str = "mia_gradnorm",
     progress: bool = True,
@@ -381,11 +381,16 @@ def gradnorm_scores(
     """OU GradNorm score per item (batch 1, as the reference): mean over parameter tensors of the L2 norm of
     d(-mean target log-prob over the MIA positions)/d(param). None for an item without MIA positions.
 
-    Each item is right-padded to its own length bucket (a multiple of `multiple`; padding is masked and
-    changes no gradient), so the gradient compiles once per bucket and items run bucket by bucket.
-    `per_item=False` pads every item to the longest one's bucket instead (one compile, more tokens)."""
+    `per_item=True`: each item is right-padded to its own length bucket (a multiple of `multiple`; padding
+    is masked and changes no gradient), so the gradient compiles once per bucket and items run bucket by
+    bucket. `per_item=False` pads every item to the longest one's bucket (one compile, more tokens).
+    None: True on the CPU, where the time follows the tokens (x1.32 measured, bench/gradnorm_buckets.py);
+    False elsewhere, where a 135M model's batch-1 step is bound by launches, not tokens, and the GPU
+    results were measured that way."""
     if multiple < 1:
         raise ValueError(f"multiple must be positive, got {multiple}")
+    if per_item is None:
+        per_item = jax.default_backend() == "cpu"
     out: list[float | None] = [None] * len(items)
     buckets: dict[int, list[int]] = {}
     longest = max((len(it["input_ids"]) for it in items), default=0)
