@@ -4,7 +4,7 @@
 
 The items are the TOFU suite's own: forget01 answers + holdout01 (80 items, chat template, OU system
 prompt), on the embedded SmolLM2-135M-Instruct. `evaluation.forward.gradnorm_scores` runs with
-`per_item=True` (the default: each item padded to its own multiple of 32) and `per_item=False` (every
+`per_item=True` (the CPU default: each item padded to its own multiple of 32) and `per_item=False` (every
 item padded to the longest one's multiple of 32, what the suite did before: one compiled program). The
 two take turns, the order alternating per repetition; each variant's compiles happen in a first call.
 The scores of the two must agree (padding is masked); their largest relative difference is reported.
