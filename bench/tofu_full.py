@@ -21,11 +21,20 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import time
 from pathlib import Path
 
-from bench.tofu_mini import _curves, _done, _finite, _fmt, _write_json, eval_stage, machine, train_stage
+from bench.tofu_mini import (
+    _curves,
+    _done,
+    _finite,
+    _fmt,
+    _write_json,
+    _write_text,
+    eval_stage,
+    machine,
+    train_stage,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "tofu"
@@ -163,9 +172,7 @@ def report(a: argparse.Namespace, splits: dict, stage_s: dict, skipped: list, ou
     }
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "results.json", res)
-    tmp = out / ".results.md.tmp"
-    tmp.write_text(markdown(res))
-    os.replace(tmp, out / "results.md")
+    _write_text(out / "results.md", markdown(res))
     return res
 
 

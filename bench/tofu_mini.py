@@ -127,10 +127,15 @@ def eval_overrides(preset: dict, data_dir: str, retain_logs: str | None) -> dict
 
 
 # --------------------------------------------------------------------------------------- stages
-def _write_json(path: Path, obj) -> None:
+def _write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder, then rename: no half-written file."""
     tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=2))
 
 
 def _done(stage: Path) -> dict | None:
@@ -415,9 +420,7 @@ def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> 
         "curves": _finite(curves),
     }
     _write_json(out / "results.json", res)
-    tmp = out / ".results.md.tmp"
-    tmp.write_text(markdown(res))
-    os.replace(tmp, out / "results.md")
+    _write_text(out / "results.md", markdown(res))
     res["plots"] = plots(res, out)
     return res
 
