@@ -1,0 +1,76 @@
+"""Decode-time matmul probes behind bench/README "Decoding" (fifth session).
+
+  python -m bench.probes.decode_dots chain 8       # 30 SwiGLU blocks at batch 8: distinct vs repeated weights
+  python -m bench.probes.decode_dots chain 50
+  XLA_FLAGS=--xla_cpu_use_xnnpack=false python -m bench.probes.decode_dots greedy   # ms per generated token
+
+`chain M`: 30 SwiGLU blocks (SmolLM2 shapes, random fp32 weights) on M rows, jitted: with 30 distinct weight
+sets (streamed from memory) vs one set repeated (cache-resident), plus gate|up fused into one matmul.
+`greedy`: the compiled greedy loop (`generate._greedy`) on the embedded SmolLM2 at batch 8 and 50, 64-token
+prompts, 32 new tokens that never stop at EOS; run it under each XLA_FLAGS value to compare dot back ends.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _median_ms(fn, *args, reps: int = 7) -> float:
+    fn = jax.jit(fn)
+    jax.block_until_ready(fn(*args))
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts)) * 1e3
+
+
+def chain(M: int, L: int = 30) -> None:
+    rng = np.random.RandomState(0)
+    w = lambda *s: jnp.asarray(rng.randn(*s).astype(np.float32) * 0.02)  # noqa: E731
+    Wg, Wu = [w(576, 1536) for _ in range(L)], [w(576, 1536) for _ in range(L)]
+    Wd = [w(1536, 576) for _ in range(L)]
+    Wgu = [jnp.concatenate([g, u], 1) for g, u in zip(Wg, Wu, strict=True)]
+    x = jnp.asarray(rng.randn(M, 576).astype(np.float32))
+
+    def blocks(x, Wg, Wu, Wd):
+        for g, u, d in zip(Wg, Wu, Wd, strict=True):
+            x = x + (jax.nn.silu(x @ g) * (x @ u)) @ d
+        return x
+
+    def fused(x, Wgu, Wd):
+        for gu, d in zip(Wgu, Wd, strict=True):
+            h = x @ gu
+            x = x + (jax.nn.silu(h[:, :1536]) * h[:, 1536:]) @ d
+        return x
+
+    mb = L * 3 * 576 * 1536 * 4 / 1e6
+    print(
+        f"M={M}: distinct {_median_ms(blocks, x, Wg, Wu, Wd):.1f} ms, "
+        f"same weights {_median_ms(blocks, x, Wg[:1] * L, Wu[:1] * L, Wd[:1] * L):.1f} ms, "
+        f"gate|up fused {_median_ms(fused, x, Wgu, Wd):.1f} ms (weights {mb:.0f} MB)"
+    )
+
+
+def greedy() -> None:
+    from cel_jax import generate, hf_io
+
+    model, _ = hf_io.load_pretrained("smollm2-135m-instruct", with_tokenizer=False)
+    P, N = 64, 32
+    eos = jnp.asarray([-5], jnp.int32)  # never generated: every step runs
+    loop = functools.partial(generate._greedy, max_new_tokens=N)
+    for B in (8, 50):
+        ids = jnp.asarray(np.random.RandomState(0).randint(100, 4000, (B, P)), jnp.int32)
+        ms = _median_ms(loop, model, ids, jnp.ones((B, P), jnp.int32), eos, reps=3)
+        print(f"B={B}: {ms / N:.1f} ms per generated token (prefill included)")
+
+
+if __name__ == "__main__":
+    chain(int(sys.argv[2])) if sys.argv[1] == "chain" else greedy()
