@@ -2,6 +2,7 @@
 
   python -m bench.probes.decode_dots chain 8       # 30 SwiGLU blocks at batch 8: distinct vs repeated weights
   python -m bench.probes.decode_dots chain 50
+  python -m bench.probes.decode_dots bandwidth     # GB/s of a jitted jnp.sum over 540 MB
   XLA_FLAGS=--xla_cpu_use_xnnpack=false python -m bench.probes.decode_dots greedy   # ms per generated token
 
 `chain M`: 30 SwiGLU blocks (SmolLM2 shapes, random fp32 weights) on M rows, jitted: with 30 distinct weight
@@ -59,6 +60,11 @@ def chain(M: int, L: int = 30) -> None:
     )
 
 
+def bandwidth() -> None:
+    x = jnp.ones((135_000_000,), jnp.float32)
+    print(f"jnp.sum over {x.nbytes / 1e6:.0f} MB: {x.nbytes / 1e6 / _median_ms(jnp.sum, x):.1f} GB/s")
+
+
 def greedy() -> None:
     from cel_jax import generate, hf_io
 
@@ -73,4 +79,4 @@ def greedy() -> None:
 
 
 if __name__ == "__main__":
-    chain(int(sys.argv[2])) if sys.argv[1] == "chain" else greedy()
+    {"chain": lambda: chain(int(sys.argv[2])), "bandwidth": bandwidth, "greedy": greedy}[sys.argv[1]]()
