@@ -64,6 +64,30 @@ def test_left_padded_batch_equals_single_prompts(pair):
     assert batched == singles
 
 
+def test_shrinking_decode_equals_fixed_batch():
+    """Gathering the still-generating rows into a smaller batch between segments changes no token."""
+    model = Llama(LlamaConfig.tiny(), rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda x: 8 * x, params))  # a non-degenerate (chaotic) random model
+    rng = np.random.RandomState(3)
+    prompts = [rng.randint(3, 128, n).tolist() for n in (4, 7, 9, 5, 12, 6, 3)]
+    ids, mask = generate.left_pad(prompts, 8, pad_id=0)  # one filler row
+    free = generate.decode_batch(model, ids, mask, 7, eos_ids=[-5], max_new_tokens=24, shrink=False)
+    vals, counts = np.unique(np.concatenate(free), return_counts=True)
+    eos = [int(v) for v in vals[np.argsort(-counts, kind="stable")[:3]]]  # rows stop at different steps
+    stats: dict = {}
+    kw = dict(eos_ids=eos, max_new_tokens=24, segment=3, sizes=(6, 4, 2, 1))
+    shrunk = generate.decode_batch(model, ids, mask, 7, shrink=True, stats=stats, **kw)
+    fixed = generate.decode_batch(model, ids, mask, 7, shrink=False, **kw)
+    assert shrunk == fixed
+    cut = [next((f[:i] for i, t in enumerate(f) if t in eos), f) for f in free]
+    assert cut == fixed
+    assert len({len(f) for f in fixed}) > 3, fixed  # rows really ended at different steps
+    assert stats["batch_sizes"][0] == 8 and len(set(stats["batch_sizes"])) > 2, stats  # shrank twice+
+    single = generate.greedy_generate(model, prompts, eos_ids=eos, pad_id=0, max_new_tokens=24, batch_size=8)
+    assert single == fixed  # greedy_generate shrinks by default (SHRINK_SIZES)
+
+
 def test_export_roundtrip(pair, tmp_path):
     name, hf, ours, src = pair
     out = hf_io.save_pretrained(ours, None, tmp_path / "export")

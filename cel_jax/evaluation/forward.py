@@ -23,7 +23,7 @@ import functools
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -443,34 +443,6 @@ def target_ids(item: Item) -> list[int]:
     return [int(t) for t in item["labels"] if t != IGNORE]
 
 
-def _compat_generate(model, prompts, *, eos_ids, pad_id, max_new_tokens, batch_size) -> list[list[int]]:
-    """greedy_generate with the reference's prompt mask `ids != pad_id` (positions cumsum(mask) - 1)."""
-    eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
-    eos_set = {int(e) for e in eos_ids}
-    results: list[list[int]] = [[] for _ in prompts]
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    for start in range(0, len(prompts), batch_size):
-        idx = order[start : start + batch_size]
-        P = gen.bucket_length(max(len(prompts[i]) for i in idx))
-        ids = np.full((batch_size, P), pad_id, np.int32)
-        mask = np.zeros((batch_size, P), np.int32)
-        for row, i in enumerate(idx):
-            p = np.asarray(prompts[i], np.int32)
-            ids[row, P - len(p) :] = p
-            mask[row, P - len(p) :] = key_mask(p, pad_id, True)
-        mask[len(idx) :, -1] = 1  # filler rows
-        out, n = gen._greedy(model, jnp.asarray(ids), jnp.asarray(mask), eos, max_new_tokens=max_new_tokens)
-        out = np.asarray(out)[:, : int(n)]
-        for row, i in enumerate(idx):
-            toks = []
-            for t in out[row].tolist():
-                if t in eos_set or t < 0:
-                    break
-                toks.append(t)
-            results[i] = toks
-    return results
-
-
 def generate_ids(
     model,
     prompts: Sequence[Sequence[int]],
@@ -478,30 +450,41 @@ def generate_ids(
     eos_ids: Sequence[int],
     pad_id: int,
     max_new_tokens: int,
-    batch_size: int = 64,
+    batch_size: int = 128,
     compat: bool = False,
+    shrink: bool = True,
     desc: str = "generate",
     progress: bool = True,
 ) -> list[list[int]]:
     """Greedy continuations (EOS excluded). Prompts are sorted by length and cut into equal batches of at
-    most `batch_size` (so the last batch carries few filler rows); one progress step per batch."""
+    most `batch_size` (so the last batch carries few filler rows); with `shrink` each batch drops its
+    finished rows as it goes (`generate.decode_batch`). With `compat` the prompt mask is the reference's
+    `ids != pad_id` (positions cumsum(mask) - 1). One progress step per batch, rows still generating
+    shown as it runs."""
     if not prompts:
         return []
     order = np.argsort([len(p) for p in prompts], kind="stable")
     n_batches = math.ceil(len(prompts) / batch_size)
     B = even_batch(len(prompts), batch_size)
-    fn: Callable = _compat_generate if compat else gen.greedy_generate
+    mask_fn = (lambda p: key_mask(p, pad_id, True)) if compat else None
     results: list[list[int]] = [[] for _ in prompts]
     with _progress(n_batches, desc, progress) as bar:
+
+        def on_segment(step: int, live: int) -> None:
+            bar.set_postfix(step=step, generating=live)
+
         for start in range(0, len(order), B):
             idx = order[start : start + B]
-            outs = fn(
+            outs = gen.greedy_generate(
                 model,
                 [list(prompts[i]) for i in idx],
                 eos_ids=eos_ids,
                 pad_id=pad_id,
                 max_new_tokens=max_new_tokens,
                 batch_size=B,
+                shrink=shrink,
+                mask_fn=mask_fn,
+                on_segment=on_segment,
             )
             for i, o in zip(idx, outs, strict=True):
                 results[i] = list(o)
