@@ -96,7 +96,7 @@ def decode_batch(
     eos_ids: Sequence[int],
     max_new_tokens: int,
     segment: int = 16,
-    shrink: bool = True,
+    shrink: bool | None = None,
     sizes: Sequence[int] = SHRINK_SIZES,
     stats: dict | None = None,
     on_segment: Callable[[int, int], None] | None = None,
@@ -107,7 +107,12 @@ def decode_batch(
     gathered into the smallest of `sizes` that holds them. Finished rows stop costing compute:
     a batch whose answers mostly end early but where a few rows run on to max_new_tokens no longer pays
     the full batch for every step (row-wise the same greedy decoding; `stats["batch_sizes"]` records the
-    batch size of each segment; `on_segment(step, rows still generating)` is called after each)."""
+    batch size of each segment; `on_segment(step, rows still generating)` is called after each).
+    `shrink=None`: on the CPU only, where a step's time follows the batch (40 ms at batch 1, 373 ms at 100
+    for SmolLM2, bench/probes/decode_dots.py steps); an accelerator's small-batch step is bound by kernel
+    launches, so there each smaller batch would cost a compile and save little (not measured on a GPU)."""
+    if shrink is None:
+        shrink = jax.default_backend() == "cpu"
     eos = jnp.asarray(list(eos_ids) or [-1], jnp.int32)
     eos_set = {int(e) for e in eos_ids}
     state = _prefill(model, jnp.asarray(ids_BP), jnp.asarray(mask_BP), max_new_tokens=max_new_tokens)
@@ -175,11 +180,12 @@ def greedy_generate(
     max_new_tokens: int = 200,
     batch_size: int = 32,
     min_bucket: int = 16,
-    shrink: bool = True,
+    shrink: bool | None = None,
     mask_fn=None,
     on_segment: Callable[[int, int], None] | None = None,
 ) -> list[list[int]]:
-    """Greedy continuations (token ids, EOS excluded) for each prompt (token ids)."""
+    """Greedy continuations (token ids, EOS excluded) for each prompt (token ids); `shrink` as in
+    `decode_batch`."""
     if not prompts:
         return []
     if max_new_tokens < 1:

@@ -4,11 +4,14 @@
   python -m bench.probes.decode_dots chain 50
   python -m bench.probes.decode_dots bandwidth     # GB/s of a jitted jnp.sum over 540 MB
   XLA_FLAGS=--xla_cpu_use_xnnpack=false python -m bench.probes.decode_dots greedy   # ms per generated token
+  python -m bench.probes.decode_dots steps [MODEL]  # ms per decode step at batch 1..100 (sixth session)
 
 `chain M`: 30 SwiGLU blocks (SmolLM2 shapes, random fp32 weights) on M rows, jitted: with 30 distinct weight
 sets (streamed from memory) vs one set repeated (cache-resident), plus gate|up fused into one matmul.
 `greedy`: the compiled greedy loop (`generate._greedy`) on the embedded SmolLM2 at batch 8 and 50, 64-token
 prompts, 32 new tokens that never stop at EOS; run it under each XLA_FLAGS value to compare dot back ends.
+`steps`: the cost of one decode step by batch size (48-token prompt bucket, no EOS), as the difference of
+72 and 8 new tokens over 64 steps, best of 2: what `generate.SHRINK_SIZES` trades between.
 """
 
 from __future__ import annotations
@@ -78,5 +81,32 @@ def greedy() -> None:
         print(f"B={B}: {ms / N:.1f} ms per generated token (prefill included)")
 
 
+def steps(model_path: str = "smollm2-135m-instruct") -> None:
+    from cel_jax import generate, hf_io
+
+    model, _ = hf_io.load_pretrained(model_path, with_tokenizer=False)
+    rng = np.random.default_rng(0)
+
+    def best_s(B: int, N: int) -> float:
+        prompts = [list(rng.integers(100, 40000, 40)) for _ in range(B)]
+        kw = dict(eos_ids=[], pad_id=0, max_new_tokens=N, batch_size=B)
+        generate.greedy_generate(model, prompts, **kw)  # compile
+        ts = []
+        for _ in range(2):
+            t = time.perf_counter()
+            generate.greedy_generate(model, prompts, **kw)
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    for B in (1, 4, 8, 16, 32, 50, 100):
+        ms = 1000 * (best_s(B, 72) - best_s(B, 8)) / 64
+        print(f"B={B:4d} per-step {ms:7.1f} ms  per-row-step {ms / B:6.2f} ms")
+
+
 if __name__ == "__main__":
-    {"chain": lambda: chain(int(sys.argv[2])), "bandwidth": bandwidth, "greedy": greedy}[sys.argv[1]]()
+    {
+        "chain": lambda: chain(int(sys.argv[2])),
+        "bandwidth": bandwidth,
+        "greedy": greedy,
+        "steps": lambda: steps(*sys.argv[2:3]),
+    }[sys.argv[1]]()

@@ -452,15 +452,15 @@ def generate_ids(
     max_new_tokens: int,
     batch_size: int = 128,
     compat: bool = False,
-    shrink: bool = True,
+    shrink: bool | None = None,
     desc: str = "generate",
     progress: bool = True,
 ) -> list[list[int]]:
     """Greedy continuations (EOS excluded). Prompts are sorted by length and cut into equal batches of at
-    most `batch_size` (so the last batch carries few filler rows); with `shrink` each batch drops its
-    finished rows as it goes (`generate.decode_batch`). With `compat` the prompt mask is the reference's
-    `ids != pad_id` (positions cumsum(mask) - 1). One progress step per batch, rows still generating
-    shown as it runs."""
+    most `batch_size` (so the last batch carries few filler rows); with `shrink` (default: on the CPU)
+    each batch drops its finished rows as it goes (`generate.decode_batch`). With `compat` the prompt
+    mask is the reference's `ids != pad_id` (positions cumsum(mask) - 1). One progress step per batch,
+    rows still generating shown as it runs."""
     if not prompts:
         return []
     order = np.argsort([len(p) for p in prompts], kind="stable")
