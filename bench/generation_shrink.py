@@ -18,11 +18,12 @@ run to 200 tokens, gains least; one with a few long answers gains most.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import platform
-import time
 from pathlib import Path
+
+from bench.interleave import interleaved, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"before": dict(batch_size=64, shrink=False), "after": dict(batch_size=128, shrink=True)}
@@ -34,7 +35,6 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "results" / "generation_shrink.json"))
     args = ap.parse_args()
-    import jax
     import numpy as np
 
     from bench.tofu_mini import PRESETS
@@ -57,20 +57,9 @@ def main() -> None:
     def gen(name: str) -> list:
         return F.generate_ids(model, prompts, **VARIANTS[name], **kw)
 
-    times: dict[str, list[float]] = {k: [] for k in VARIANTS}
-    outs, warm = {}, {}
-    for name in VARIANTS:  # first calls: the compiles
-        t = time.perf_counter()
-        outs[name] = gen(name)
-        warm[name] = round(time.perf_counter() - t, 2)
-    for rep in range(args.reps):
-        for name in list(VARIANTS)[:: 1 if rep % 2 == 0 else -1]:
-            t = time.perf_counter()
-            gen(name)
-            times[name].append(round(time.perf_counter() - t, 2))
-            print(name, times[name][-1], "s", os.getloadavg(), flush=True)
+    ab = interleaved({k: functools.partial(gen, k) for k in VARIANTS}, args.reps)
+    outs, med = ab["outputs"], ab["median_s"]
     lens = np.asarray([len(o) for o in outs["after"]])
-    med = {k: float(np.median(v)) for k, v in times.items()}
     result = {
         "command": "python -m bench.generation_shrink --model "
         + args.model
@@ -82,11 +71,11 @@ def main() -> None:
             "at_max_new_tokens": int((lens >= 200).sum()),
         },
         "identical_outputs": outs["before"] == outs["after"],
-        "first_call_s": warm,
-        "times_s": times,
+        "first_call_s": ab["first_call_s"],
+        "times_s": ab["times_s"],
         "median_s": med,
         "speedup": round(med["before"] / med["after"], 3),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__},
+        "machine": machine_info(),
         "load_end": os.getloadavg(),
     }
     R.write_json_atomic(args.out, result)

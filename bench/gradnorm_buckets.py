@@ -13,11 +13,12 @@ The scores of the two must agree (padding is masked); their largest relative dif
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import platform
-import time
 from pathlib import Path
+
+from bench.interleave import interleaved, machine_info
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"buckets of 32": True, "one length": False}
@@ -29,7 +30,6 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "results" / "gradnorm_buckets.json"))
     args = ap.parse_args()
-    import jax
     import numpy as np
 
     from cel_jax import data as D
@@ -49,20 +49,9 @@ def main() -> None:
     def score(per_item: bool) -> list:
         return F.gradnorm_scores(model, items, pad, per_item=per_item, progress=False)
 
-    times: dict[str, list[float]] = {k: [] for k in VARIANTS}
-    scores, warm = {}, {}
-    for name, m in VARIANTS.items():  # first calls: the compiles
-        t = time.perf_counter()
-        scores[name] = score(m)
-        warm[name] = round(time.perf_counter() - t, 2)
-    for rep in range(args.reps):
-        for name in list(VARIANTS)[:: 1 if rep % 2 == 0 else -1]:
-            t = time.perf_counter()
-            score(VARIANTS[name])
-            times[name].append(round(time.perf_counter() - t, 2))
-            print(name, times[name][-1], "s", os.getloadavg(), flush=True)
+    ab = interleaved({k: functools.partial(score, m) for k, m in VARIANTS.items()}, args.reps)
+    scores, med = ab["outputs"], ab["median_s"]
     a, b = (np.asarray(scores[k], np.float64) for k in VARIANTS)
-    med = {k: float(np.median(v)) for k, v in times.items()}
     result = {
         "command": "python -m bench.gradnorm_buckets" + (f" --reps {args.reps}" if args.reps != 2 else ""),
         "items": len(items),
@@ -71,12 +60,12 @@ def main() -> None:
             "buckets of 32": int(sum(F.round_up(n, 32) for n in lens)),
             "one length": len(lens) * F.round_up(max(lens), 32),
         },
-        "first_call_s": warm,
-        "times_s": times,
+        "first_call_s": ab["first_call_s"],
+        "times_s": ab["times_s"],
         "median_s": med,
         "speedup": round(med["one length"] / med["buckets of 32"], 3),
         "max_rel_score_diff": float(np.max(np.abs(a - b) / np.abs(b))),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__},
+        "machine": machine_info(),
         "load_end": os.getloadavg(),
     }
     R.write_json_atomic(args.out, result)

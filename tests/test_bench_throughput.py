@@ -438,3 +438,18 @@ def test_fsdp_subprocess_is_cpu_with_its_own_device_count(tiny):
     out = tp.run_fsdp_subprocess(str(folder), 4)  # the test process has 8 CPU devices; the child 4
     assert "error" not in out, out.get("error")
     assert out["devices"] == 4 and out["total_param_bytes"] == model.cfg.num_params * 4
+
+
+def test_interleaved_alternates_and_keeps_first_outputs():
+    from bench.interleave import interleaved
+
+    calls: list[str] = []
+
+    def fn(name):
+        calls.append(name)
+        return name.upper()
+
+    r = interleaved({"a": lambda: fn("a"), "b": lambda: fn("b")}, reps=2)
+    assert calls == ["a", "b", "a", "b", "b", "a"]  # first calls, then rounds in alternating order
+    assert r["outputs"] == {"a": "A", "b": "B"}
+    assert [len(v) for v in r["times_s"].values()] == [2, 2] and set(r["median_s"]) == {"a", "b"}
