@@ -87,6 +87,7 @@ def default_config() -> ml_collections.ConfigDict:
     c.max_length = 512  # items longer than this raise (OU applies no truncation on the chat path)
     c.batch_size = 32  # rows per forward batch
     c.generation_batch_size = 128  # one batch for TOFU-mini's 100 prompts; finished rows drop out
+    c.gradnorm_ghost = 8  # mia_gradnorm items per call via ghost norms (evaluation/ghost.py); 0: batch 1
     c.max_new_tokens = 200
     c.bucket_multiple = 16  # padded lengths are multiples of this
     c.retain_logs_path = config_dict.placeholder(
@@ -138,6 +139,10 @@ def validate(cfg: Mapping[str, Any]) -> None:
             raise ValueError(f"{key} must be positive, got {cfg[key]}")
     if cfg["max_items"] is not None and int(cfg["max_items"]) < 1:
         raise ValueError(f"max_items must be positive (or None for all items), got {cfg['max_items']}")
+    if int(cfg.get("gradnorm_ghost", 0)) < 0:
+        raise ValueError(
+            f"gradnorm_ghost must be >= 0 (0: one full gradient per item), got {cfg['gradnorm_ghost']}"
+        )
     parse_subsets(cfg.get("subsets"))
 
 
@@ -329,8 +334,14 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
             model,
             forget_ans + holdout,
             pad,
+            ghost=int(cfg.get("gradnorm_ghost", 0)),
             compat=bool(cfg["compat"]),
-            desc="mia_gradnorm: forget + holdout, batch 1",
+            desc="mia_gradnorm: forget + holdout"
+            + (
+                f", {cfg['gradnorm_ghost']} per call (ghost norms)"
+                if cfg.get("gradnorm_ghost")
+                else ", batch 1"
+            ),
             progress=bool(cfg["progress"]),
         )
         logs["mia_gradnorm"] = M.mia_result(scores[: len(forget_ans)], scores[len(forget_ans) :])
