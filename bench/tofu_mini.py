@@ -26,6 +26,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "tofu"
+DEFAULT_WORKDIR, DEFAULT_OUT = ROOT / "runs" / "tofu_mini", ROOT / "results" / "tofu_mini"
+
+
+def _rel(path: Path) -> str:
+    """`path` relative to the repository root when inside it (for printed commands)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
 
 # Universe rows of TOFU `full` (author i = rows 20i..20i+19; forget01 = rows 3960..3999, authors 198-199).
 PRESETS: dict[str, dict[str, Any]] = {
@@ -320,7 +328,15 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, load at the end {tuple(round(x, 1) for x in os.getloadavg())}"
 
 
-def run(preset_name: str, workdir: Path, out: Path, methods: list[str], model: str, data_dir: str) -> dict:
+def run(
+    preset_name: str,
+    workdir: Path,
+    out: Path,
+    methods: list[str],
+    model: str,
+    data_dir: str,
+    ft_epochs: int | None = None,
+) -> dict:
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; expected one of {sorted(PRESETS)}")
     bad = [m for m in methods if m not in ALL]
@@ -329,6 +345,15 @@ def run(preset_name: str, workdir: Path, out: Path, methods: list[str], model: s
     if not (Path(data_dir) / "full.jsonl").exists():
         raise FileNotFoundError(f"TOFU JSONL files not found in {data_dir} (full.jsonl)")
     preset = PRESETS[preset_name]
+    if ft_epochs is not None:  # a calibration variant of the preset's fine-tuning recipe
+        if ft_epochs < 1:
+            raise ValueError(f"ft_epochs must be positive, got {ft_epochs}")
+        preset = {**preset, "ft": {**preset["ft"], "epochs": ft_epochs}}
+    flags = (f" --ft-epochs {ft_epochs}" if ft_epochs is not None else "") + "".join(
+        f" --{flag} {_rel(path)}"
+        for flag, path, default in (("workdir", workdir, DEFAULT_WORKDIR), ("out", out, DEFAULT_OUT))
+        if Path(path).resolve() != default.resolve()
+    )
     workdir.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -373,8 +398,8 @@ def run(preset_name: str, workdir: Path, out: Path, methods: list[str], model: s
             "eps": tr["summary"]["eps"],
         }
         curves[name] = _curves(st)
-        report(preset_name, preset, model, rows, curves, out, time.time() - t0)  # partial table after each
-    return report(preset_name, preset, model, rows, curves, out, time.time() - t0)
+        report(preset_name, preset, model, rows, curves, out, time.time() - t0, flags)  # after each method
+    return report(preset_name, preset, model, rows, curves, out, time.time() - t0, flags)
 
 
 def _finite(x):
@@ -388,7 +413,7 @@ def _finite(x):
     return x
 
 
-def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> dict:
+def report(preset_name, preset, model, rows, curves, out: Path, wall: float, flags: str = "") -> dict:
     ft, ul = preset["ft"], preset["unlearn"]
     text = (
         f"Preset `{preset_name}`: universe = TOFU `full` rows {preset['retain_rows']}"
@@ -399,10 +424,11 @@ def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> 
     )
     res = {
         "command": f"python -m bench.tofu_mini --preset {preset_name}"
+        + flags
         + (
             ""
             if set(METHODS) == set(rows) & set(ALL)
-            else " --methods " + ",".join(k for k in rows if k in ALL)
+            else " --methods " + (",".join(k for k in rows if k in ALL) or '""')
         ),
         "preset": preset_name,
         "protocol": preset,
@@ -428,18 +454,20 @@ def report(preset_name, preset, model, rows, curves, out: Path, wall: float) -> 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="mini", choices=sorted(PRESETS))
-    ap.add_argument("--workdir", default=str(ROOT / "runs" / "tofu_mini"))
-    ap.add_argument("--out", default=str(ROOT / "results" / "tofu_mini"))
+    ap.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--ft-epochs", type=int, default=None, help="override the preset's fine-tune epochs")
     a = ap.parse_args(argv)
     import jax
 
     from cel_jax.main import compilation_cache
 
     compilation_cache(jax)  # a rerun of a method reuses its compiled step and eval programs
-    res = run(a.preset, Path(a.workdir), Path(a.out), [m for m in a.methods.split(",") if m], a.model, a.data)
+    methods = [m for m in a.methods.split(",") if m]
+    res = run(a.preset, Path(a.workdir), Path(a.out), methods, a.model, a.data, a.ft_epochs)
     print(Path(a.out, "results.md").read_text())
     print(
         f"stages took {res['total_wall_s'] / 60:.1f} min"

@@ -56,47 +56,15 @@ class StepSpec:
 
 def _forward(model, part, hidden_layer):
     """(logits, hidden or None); logits [B, C, V] on the gathered rows when the part has `rows`."""
-    return _forward_parts(model, [part], [hidden_layer])[0]
-
-
-# The parts of one step (forget, idk, retain; all padded to the step's one bucket T) run through the
-# decoder as one batch, stacked along B, and are split again before the LM head. Per row this is the same
-# computation as one forward per part; the program holds one copy of the model instead of two or three,
-# and it compiles in a quarter to a third less time (bench/probes/step_parts.py). "auto": stack on a single
-# device; on a mesh, one forward per part (stacking batch-sharded parts would move rows between devices).
-# "stack" / "separate" force one.
-STACK_PARTS = "auto"
-
-
-def _stack_parts() -> bool:
-    if STACK_PARTS == "auto":
-        return jax.device_count() == 1
-    return STACK_PARTS == "stack"
-
-
-def _forward_parts(model, parts, hidden_layers):
-    """[(logits, hidden or None)] per part, as `_forward` of each, from one stacked decoder pass."""
-    for part, layer in zip(parts, hidden_layers, strict=True):
-        if "rows" in part and layer is not None:
+    if "rows" in part:
+        if hidden_layer is not None:
             raise ValueError("answer-row compaction does not apply to hidden-state losses")
-    if len(parts) > 1 and not _stack_parts():
-        return [_forward_parts(model, [p], [h])[0] for p, h in zip(parts, hidden_layers, strict=True)]
-    layers = {h for h in hidden_layers if h is not None}
-    if len(layers) > 1:
-        raise ValueError(f"one hidden layer per step, got {sorted(layers)}")
-    layer = layers.pop() if layers else None
-    cat = lambda k: jnp.concatenate([p[k] for p in parts], axis=0)  # noqa: E731
-    out = model(cat("input_ids"), cat("attention_mask"), hidden_layer=layer, unembed=False)
-    x_BTD, hidden_BTD = out if layer is not None else (out, None)
-    results, start = [], 0
-    for part, want in zip(parts, hidden_layers, strict=True):
-        sl = slice(start, start + part["input_ids"].shape[0])
-        start = sl.stop
-        x = x_BTD[sl]
-        if "rows" in part:
-            x = jnp.take_along_axis(x, part["rows"][..., None], axis=1)
-        results.append((model.unembed(x), hidden_BTD[sl] if want is not None else None))
-    return results
+        return answer_rows.logits_on_rows(
+            model, part["input_ids"], part["attention_mask"], part["rows"]
+        ), None
+    if hidden_layer is None:
+        return model(part["input_ids"], part["attention_mask"]), None
+    return model(part["input_ids"], part["attention_mask"], hidden_layer=hidden_layer)
 
 
 def needed_reference(spec: StepSpec) -> set[str]:
@@ -117,28 +85,19 @@ def reference_quantities(graphdef, ref_params, mb, spec: StepSpec) -> dict:
     if not need:
         return {}
     ref = nnx.merge(graphdef, jax.lax.stop_gradient(ref_params))
-    names, layers = [], []
-    if need & {"ref_forget_logits", "ref_forget_nll"}:
-        names.append("forget")
-        layers.append(None)
-    if "ref_idk_nll" in need:
-        names.append("idk")
-        layers.append(None)
-    if need & {"ref_retain_logits", "ref_retain_hidden"}:
-        names.append("retain")
-        layers.append(spec.hidden_layer if "ref_retain_hidden" in need else None)
-    res = dict(zip(names, _forward_parts(ref, [mb[n] for n in names], layers), strict=True))
     out = {}
-    if "forget" in res:
-        logits = res["forget"][0]
+    if need & {"ref_forget_logits", "ref_forget_nll"}:
+        logits, _ = _forward(ref, mb["forget"], None)
         if "ref_forget_logits" in need:
             out["ref_forget_logits"] = logits
         if "ref_forget_nll" in need:
             out["ref_forget_nll"] = losses.sequence_nll(logits, mb["forget"]["labels"])[0]
-    if "idk" in res:
-        out["ref_idk_nll"] = losses.sequence_nll(res["idk"][0], mb["idk"]["labels"])[0]
-    if "retain" in res:
-        logits, hidden = res["retain"]
+    if "ref_idk_nll" in need:
+        logits, _ = _forward(ref, mb["idk"], None)
+        out["ref_idk_nll"] = losses.sequence_nll(logits, mb["idk"]["labels"])[0]
+    if need & {"ref_retain_logits", "ref_retain_hidden"}:
+        layer = spec.hidden_layer if "ref_retain_hidden" in need else None
+        logits, hidden = _forward(ref, mb["retain"], layer)
         if "ref_retain_logits" in need:
             out["ref_retain_logits"] = logits
         if "ref_retain_hidden" in need:
@@ -156,25 +115,19 @@ def objective(params, lam, eps, mb, ref, consts, graphdef, spec: StepSpec):
     layer = spec.hidden_layer
     q = dict(ref)
     q.update(consts)
-    names, layers = ["forget"], [layer]
-    if "idk" in mb:
-        names.append("idk")
-        layers.append(None)
-    if spec.retain_kind is not None:
-        names.append("retain")
-        layers.append(layer if spec.retain_kind == "embed_diff" else None)
-    res = dict(zip(names, _forward_parts(model, [mb[n] for n in names], layers), strict=True))
-    f_logits, f_hidden = res["forget"]
+    f_logits, f_hidden = _forward(model, mb["forget"], layer)
     q.update(forget_logits=f_logits, forget_labels=mb["forget"]["labels"])
     if f_hidden is not None:
         q["forget_hidden"] = f_hidden
-    if "idk" in res:
-        q.update(idk_logits=res["idk"][0], idk_labels=mb["idk"]["labels"])
+    if "idk" in mb:
+        q.update(idk_logits=_forward(model, mb["idk"], None)[0], idk_labels=mb["idk"]["labels"])
     l_f, _ = methods.forget_loss(spec.method, q, compat=spec.compat, **dict(spec.forget_hp))
     if spec.retain_kind is None:
         l_r = jnp.float32(0.0)
     else:
-        r_logits, r_hidden = res["retain"]
+        r_logits, r_hidden = _forward(
+            model, mb["retain"], layer if spec.retain_kind == "embed_diff" else None
+        )
         q.update(retain_logits=r_logits, retain_labels=mb["retain"]["labels"])
         if r_hidden is not None:
             q["retain_hidden"] = r_hidden

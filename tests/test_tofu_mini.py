@@ -66,6 +66,9 @@ def test_rerun_is_cached(mini):
     finally:
         del tofu_mini.PRESETS["tiny"]
     assert again["rows"]["pdu"]["summary"] == res["rows"]["pdu"]["summary"]
+    # the recorded command regenerates this table: its own work dir and output folder, its methods
+    assert f"--workdir {(root / 'work').resolve()}" in again["command"]
+    assert f"--out {(root / 'out2').resolve()}" in again["command"] and "--methods pdu" in again["command"]
 
 
 def test_bad_input_before_work(tmp_path):
@@ -75,6 +78,8 @@ def test_bad_input_before_work(tmp_path):
         tofu_mini.run("huge", tmp_path, tmp_path, ["pdu"], "m", str(TOFU_DIR))
     with pytest.raises(FileNotFoundError, match="full.jsonl"):
         tofu_mini.run("mini", tmp_path, tmp_path, ["pdu"], "m", str(tmp_path))
+    with pytest.raises(ValueError, match="ft_epochs must be positive"):
+        tofu_mini.run("mini", tmp_path, tmp_path, ["pdu"], "m", str(TOFU_DIR), ft_epochs=0)
     assert not list(tmp_path.iterdir())
 
 
