@@ -65,8 +65,12 @@ def tensor_sq_norms(loss_B_fn: Callable[[], jax.Array], tied: bool) -> jax.Array
     """[n_tensors, B] squared gradient norms of every parameter tensor, per row of `loss_B_fn()` (per-row
     losses [B] of a model forward that only depends on that row). Call inside jit."""
     probe = llama.Taps()
-    with llama.tapping(probe):
-        loss_B_fn()  # traced for the output shapes only; XLA drops it
+
+    def shapes():
+        with llama.tapping(probe):
+            loss_B_fn()
+
+    jax.eval_shape(shapes)  # abstract: the taps' output shapes, nothing added to the program
     zeros = [jnp.zeros(s.shape, s.dtype) for s in probe.shapes]
     traced: list[llama.Taps] = []
 
