@@ -2,7 +2,7 @@
 
 cel-jax generate --model=smollm2-135m-instruct --prompt="What is the capital of France?"
 cel-jax export   --model=DIR_OR_ALIAS --out=DIR
-cel-jax finetune --config=configs/tofu_mini_finetune.py --workdir=DIR [--config.key=value ...]
+cel-jax finetune --config=configs/tofu_smollm2_finetune.py --workdir=DIR [--config.key=value ...]
 cel-jax unlearn  --config=configs/demo.py --workdir=DIR [--config.key=value ...]
 cel-jax eval     --config=configs/eval/tofu.py --config.model=DIR --workdir=DIR
 cel-jax plan     --config=configs/tofu_llama3_1_8b.py

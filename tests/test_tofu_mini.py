@@ -3,6 +3,7 @@ table's metrics (computed, not invented), the PDU dual curves and the plots."""
 
 import json
 import types
+from pathlib import Path
 
 import pytest
 from conftest import TOFU_DIR
@@ -38,6 +39,8 @@ def test_every_stage_and_the_report(mini):
     work, out = root / "work", root / "out"
     for stage in ("target", "retain", "eval_retain", "eval_target", "pdu", "pdu/eval", "grad_diff/eval"):
         assert (work / stage / "DONE.json").exists(), stage
+    for stage in ("target", "retain", "pdu", "grad_diff"):  # finished: checkpoint deleted, model kept
+        assert not (work / stage / "ckpt").exists() and (work / stage / "model" / "config.json").exists()
     # the target saw the forget rows, the retain model did not
     cfg_t = json.loads((work / "target" / "metrics.jsonl").read_text().splitlines()[0])
     assert cfg_t["step"] == 1
@@ -96,3 +99,24 @@ def test_every_method_config_is_valid(name):
     assert c.dual.lr == (50.0 if name == "pdu_eta50" else 5.0)
     if name == "pdu_fixed":
         assert spec.alpha == 100.0  # λ fixed at the primal-dual runs' λ0
+
+
+def test_finished_stage_drops_its_checkpoint_unless_kept(tmp_path, monkeypatch):
+    """A done stage's Orbax checkpoint is deleted (the exported model stays); kept on request, and kept
+    whenever there is no exported model to fall back on."""
+    from cel_jax import train
+
+    def fake_run(cfg, workdir, mode):
+        stage = Path(workdir)
+        (stage / "ckpt" / "1").mkdir(parents=True)
+        if cfg["export"]:
+            (stage / "model").mkdir()
+        (stage / "metrics.jsonl").write_text('{"step": 1}\n')
+        return {"summary": {"dual": 0.0}}
+
+    monkeypatch.setattr(train, "run", fake_run)
+    cases = (("a", True, False, False), ("b", True, True, True), ("c", False, False, True))
+    for name, export, keep, left in cases:
+        info = tofu_mini.train_stage(tmp_path / name, {"export": export}, "finetune", keep)
+        assert info["final_row"] == {"step": 1} and (tmp_path / name / "DONE.json").exists()
+        assert (tmp_path / name / "ckpt").exists() == left, name
