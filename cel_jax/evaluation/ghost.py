@@ -70,22 +70,19 @@ def tensor_sq_norms(loss_B_fn: Callable[[], jax.Array], tied: bool) -> jax.Array
         with llama.tapping(probe):
             loss_B_fn()
 
-    jax.eval_shape(shapes)  # abstract: the taps' output shapes, nothing added to the program
+    jax.eval_shape(shapes)  # abstract: the taps' kinds and output shapes, nothing added to the program
     zeros = [jnp.zeros(s.shape, s.dtype) for s in probe.shapes]
-    traced: list[llama.Taps] = []
 
     def total(perts):
         taps = llama.Taps(perts)
         with llama.tapping(taps):
             loss = jnp.sum(loss_B_fn())
-        traced.append(taps)
         return loss, taps.inputs
 
     dys, xs = jax.grad(total, has_aux=True)(zeros)
-    kinds, bias = traced[-1].kinds, traced[-1].bias
     sq: list[jax.Array] = []
     embed = head = None
-    for kind, b, x, dy in zip(kinds, bias, xs, dys, strict=True):
+    for kind, b, x, dy in zip(probe.kinds, probe.bias, xs, dys, strict=True):
         if kind == "embed":
             embed = (x, dy.astype(F32))
         elif kind == "head":

@@ -330,18 +330,15 @@ def run(model, tok, cfg: Mapping[str, Any], ref_model=None) -> tuple[dict, dict]
 
     if "gradnorm" in need:
         t = F.clock()
+        ghost = int(cfg.get("gradnorm_ghost", 0))
+        how = f"{ghost} per call (ghost norms)" if ghost else "batch 1"
         scores = F.gradnorm_scores(
             model,
             forget_ans + holdout,
             pad,
-            ghost=int(cfg.get("gradnorm_ghost", 0)),
+            ghost=ghost,
             compat=bool(cfg["compat"]),
-            desc="mia_gradnorm: forget + holdout"
-            + (
-                f", {cfg['gradnorm_ghost']} per call (ghost norms)"
-                if cfg.get("gradnorm_ghost")
-                else ", batch 1"
-            ),
+            desc=f"mia_gradnorm: forget + holdout, {how}",
             progress=bool(cfg["progress"]),
         )
         logs["mia_gradnorm"] = M.mia_result(scores[: len(forget_ans)], scores[len(forget_ans) :])
