@@ -13,14 +13,15 @@
 #   3. python -m bench.tofu_full --splits forget01,forget05,forget10 (forget01 is read back from the cache)
 #      with a deadline: a stage that would start too late is listed as not run in the results
 # The two benchmarks write their own results.{json,md}; bench/gpu_lease.sh is how we ran it on a leased
-# machine without internet (wheels and the embedded model carried in). Without ../shared/data/tofu the
-# TOFU stages read the hub (locuslab/TOFU); the throughput benchmark needs the local JSONL files.
+# machine without internet (wheels and the embedded model carried in). TOFU: the local folder of JSONL files
+# in TOFU_DATA or CEL_JAX_TOFU_DIR; without one the TOFU stages read the hub (locuslab/TOFU), and the
+# throughput benchmark, which needs the local files, fails.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 R=${OUT:-results/gpu}
 W=${WORK:-runs/gpu}
-DATA=${TOFU_DATA:-../shared/data/tofu}
-[ -d "$DATA" ] || DATA=locuslab/TOFU  # online: the hub
+DATA=${TOFU_DATA:-${CEL_JAX_TOFU_DIR:-}}
+[ -n "$DATA" ] && [ -d "$DATA" ] || DATA=locuslab/TOFU  # online: the hub
 BUDGET=${GPU_CHECK_BUDGET_S:-560}
 # GPU_CHECK_SMOKE=1: the same plumbing on a CPU in a few minutes (tiny rows and shapes; MODEL= a folder)
 if [ "${GPU_CHECK_SMOKE:-0}" = 1 ]; then

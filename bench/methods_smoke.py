@@ -22,11 +22,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def config(method: str, steps: int):
+    from cel_jax.data import tofu_source
+
     spec = importlib.util.spec_from_file_location("cfg", ROOT / "configs" / "tofu_smollm2.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     c = mod.get_config("forget01")
-    c.data.source = str(ROOT.parent / "shared" / "data" / "tofu")
+    c.data.source = tofu_source()  # $CEL_JAX_TOFU_DIR (local TOFU JSONL files) when set, else locuslab/TOFU
     c.method = method
     c.max_steps = steps
     c.batch_size = 2
@@ -44,6 +46,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "results" / "smoke" / "methods_smollm2_forget01.json"))
     args = ap.parse_args()
     from cel_jax import methods, train
+    from cel_jax.data import tofu_dir, tofu_source
 
     names = args.methods.split(",") if args.methods else sorted(methods.METHODS)
     results = {}
@@ -64,7 +67,7 @@ def main() -> None:
     out = {
         "command": f"python -m bench.methods_smoke --steps {args.steps}",
         "model": "smollm2-135m-instruct (embedded)",
-        "data": "TOFU forget01 / retain99 (../shared/data/tofu)",
+        "data": f"TOFU forget01 / retain99 ({'$CEL_JAX_TOFU_DIR' if tofu_dir() else tofu_source()})",
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),

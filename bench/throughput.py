@@ -45,7 +45,6 @@ import numpy as np
 
 IGNORE = -100
 DEFAULT_MODEL = "smollm2-135m-instruct"
-TOFU_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tofu"
 
 
 # ============================================================================================ small helpers
@@ -394,8 +393,8 @@ def make_jax_step(
         params = nnx.to_pure_dict(params_state)
     tx = optim.make_optimizer(cfg.optim, total_steps=10_000, warmup_steps=0)
     lam = lam0 if solver == "primal_dual" else 0.0
-    state = train.create_state(params, tx, lam, eps, cfg.seed)
-    hp = {"dual_lr": jnp.float32(dual_lr), "dual_active": jnp.bool_(True), "lam_max": jnp.float32(np.inf)}
+    state = train.create_state(params, tx, lam, eps, cfg.seed, spec.dual_rule)
+    hp = {"dual_active": jnp.bool_(True)}
     fn = jax.jit(
         lambda s, b, hp, r, c: step_lib.train_step(s, b, hp, r, c, graphdef=graphdef, tx=tx, spec=spec),
         donate_argnums=0,
@@ -453,14 +452,14 @@ def jax_breakdown(st: dict, batch: dict, reps: int) -> dict:
     # donated, as in the step (the train state is donated): the update runs in place, like torch's AdamW
     opt = jax.jit(opt_fn, donate_argnums=(1, 2))
     out: dict[str, Any] = {}
-    _, out["forward_first_call_s"] = timed(lambda: fwd(s.params, mb, s.dual, s.eps).block_until_ready())
+    _, out["forward_first_call_s"] = timed(lambda: fwd(s.params, mb, s.dual.lam, s.eps).block_until_ready())
     # steady state, as in training: one copy of the state, then each update consumes the previous one's
     # outputs (timing fresh copies each time also timed their new allocations: ~1.3 s vs ~0.7 s here)
     o, p = jax.block_until_ready((jax.tree.map(jnp_copy, s.opt_state), jax.tree.map(jnp_copy, s.params)))
     (p, o), out["optimizer_first_call_s"] = timed(lambda: jax.block_until_ready(opt(s.params, o, p)))
     f_t, o_t = [], []
     for _ in range(reps):
-        f_t.append(timed(lambda: fwd(s.params, mb, s.dual, s.eps).block_until_ready())[1])
+        f_t.append(timed(lambda: fwd(s.params, mb, s.dual.lam, s.eps).block_until_ready())[1])
         (p, o), t = timed(lambda o=o, p=p: jax.block_until_ready(opt(s.params, o, p)))
         o_t.append(t)
     out["forward_s"], out["optimizer_s"] = median(f_t), median(o_t)
@@ -995,6 +994,11 @@ def run(args: argparse.Namespace, res: dict | None = None) -> dict:
 
     from cel_jax import data, hf_io
 
+    args.data = args.data or (str(data.tofu_dir()) if data.tofu_dir() else None)  # recorded in res["args"]
+    if not args.data or not (Path(args.data) / "forget01.jsonl").is_file():
+        raise FileNotFoundError(
+            f"no TOFU JSONL files in {args.data!r}: pass --data=/path/to/tofu or set CEL_JAX_TOFU_DIR"
+        )
     device = resolve_device(args.device, jax.default_backend())
     tdev = TORCH_DEVICE[device]
     res["device"], res["dtype"], res["torch_device"] = device, args.dtype, tdev
@@ -1278,7 +1282,9 @@ def phase_all_rows(model, pdu: dict, batch: dict, args) -> dict:
         params=jax.tree.map(jnp_copy, pdu["state"].params),
         lm_head_rows="all",
     )
-    full["state"] = full["state"].replace(dual=pdu["state"].dual.copy(), eps=pdu["state"].eps.copy())
+    full["state"] = full["state"].replace(
+        dual=jax.tree.map(lambda x: x.copy(), pdu["state"].dual), eps=pdu["state"].eps.copy()
+    )
     comp = compile_step(full, batch)
     t: dict[str, list[float]] = {"answers": [], "all": []}
     first: dict[str, float] = {}
@@ -1672,7 +1678,7 @@ def write_results(res: dict, out_dir: str | os.PathLike) -> tuple[Path, Path]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__.split("\n")[0])
     p.add_argument("--model", default=DEFAULT_MODEL, help="alias or HF folder (loaded by both sides)")
-    p.add_argument("--data", default=str(TOFU_DIR), help="TOFU JSONL folder")
+    p.add_argument("--data", default=None, help="TOFU JSONL folder (default: $CEL_JAX_TOFU_DIR)")
     p.add_argument("--batch", type=int, default=2, help="forget rows = retain rows per step (B)")
     p.add_argument("--seq", type=int, default=128, help="padded length T")
     p.add_argument("--reps", type=int, default=3, help="interleaved step repetitions")

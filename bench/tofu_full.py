@@ -37,7 +37,6 @@ from bench.tofu_mini import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "tofu"
 HUB = "locuslab/TOFU"  # --data=locuslab/TOFU reads the hub (online users)
 RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 TABLE = (
@@ -181,6 +180,10 @@ def run(a: argparse.Namespace) -> dict:
     bad = [s for s in splits if s not in RETAIN]
     if bad or not splits:
         raise ValueError(f"unknown TOFU forget splits {bad or splits}; expected some of {list(RETAIN)}")
+    if not a.data:  # $CEL_JAX_TOFU_DIR (a local folder of TOFU JSONL files) when set, else the hub
+        from cel_jax.data import tofu_source
+
+        a.data = tofu_source()
     if a.data != HUB and not (Path(a.data) / "full.jsonl").exists():
         raise FileNotFoundError(f"TOFU JSONL files not found in {a.data} (full.jsonl); or pass --data={HUB}")
     work, out = Path(a.workdir), Path(a.out)
@@ -245,7 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--workdir", default=str(ROOT / "runs" / "tofu_full"))
     ap.add_argument("--out", default=str(ROOT / "results" / "tofu_full"))
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument(
+        "--data",
+        default=None,
+        help=f"folder of TOFU JSONL files or {HUB} (default: $CEL_JAX_TOFU_DIR, else {HUB})",
+    )
     ap.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     ap.add_argument("--batch", type=int, default=32, help="micro-batch (rows); effective = batch x accum")
     ap.add_argument("--grad-accum", type=int, default=1)

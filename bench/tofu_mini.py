@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "tofu"
 DEFAULT_WORKDIR, DEFAULT_OUT = ROOT / "runs" / "tofu_mini", ROOT / "results" / "tofu_mini"
 
 
@@ -237,7 +236,8 @@ def markdown(res: dict) -> str:
         "real-author / world-fact scores; "
         "privleak: (s − s_retain) / s_retain × 100 with s = 1 − AUC of Min-K 40 % (0 = the retain model, "
         "−100 = fully exposed). "
-        "Same definitions and names as open-unlearning (../shared/reference/evaluation.md).",
+        "Same definitions and names as open-unlearning (src/evals/metrics/; "
+        "differences: docs/differences.md).",
         "",
         f"Machine: {res['machine']}. Wall time of all stages (fine-tuning, unlearning, evaluation):"
         f" {res['total_wall_s'] / 60:.1f} min.",
@@ -470,7 +470,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--data", default=None, help="folder of TOFU JSONL files (default: $CEL_JAX_TOFU_DIR)")
     ap.add_argument("--ft-epochs", type=int, default=None, help="override the preset's fine-tune epochs")
     ap.add_argument(
         "--keep-checkpoints",
@@ -480,8 +480,14 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     import jax
 
+    from cel_jax.data import tofu_dir
     from cel_jax.main import compilation_cache
 
+    a.data = a.data or (str(tofu_dir()) if tofu_dir() else None)
+    if not a.data:
+        ap.error(
+            "no TOFU data: pass --data=/path/to/tofu (a folder of TOFU JSONL files) or set CEL_JAX_TOFU_DIR"
+        )
     compilation_cache(jax)  # a rerun of a method reuses its compiled step and eval programs
     methods = [m for m in a.methods.split(",") if m]
     res = run(

@@ -17,9 +17,10 @@ def generate(config, flags) -> int:
 
 def export(config, flags) -> int:
     from cel_jax import hf_io
+    from cel_jax.errors import UserError
 
     if not flags.out:
-        raise ValueError("`cel-jax export` needs --out=DIR")
+        raise UserError("`cel-jax export` needs --out=DIR")
     model, tok = hf_io.load_pretrained(flags.model)
     out = hf_io.save_pretrained(model, tok, flags.out)
     print(f"wrote {out}")

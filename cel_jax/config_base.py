@@ -10,7 +10,7 @@ def _common() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = dict(name_or_path="smollm2-135m-instruct", dtype="float32", param_dtype="float32", remat="none")
     c.data = dict(
-        source="../shared/data/tofu",
+        source="locuslab/TOFU",  # hub (cached by datasets; $CEL_JAX_TOFU_DIR: a local copy), or a folder
         forget_split="forget01",
         retain_split="retain99",
         train_split="full",
@@ -40,11 +40,39 @@ def _common() -> ml_collections.ConfigDict:
     c.shuffle = True
     c.ckpt = dict(every=50, keep=2, async_save=True)
     c.export = True
-    c.show_examples = False
+    # Rerun into a work dir: auto (same config resumes, another is refused) | force | restart (run_dir.py)
+    c.resume = "auto"
+    # Answers to the forget / retain questions before and after unlearning, ROUGE-L recall, a table
+    c.report = dict(enabled=False, examples=2, max_new_tokens=48, max_questions=config_dict.placeholder(int))
+    # Fine-tune model.name_or_path on `split` first (cached in $CEL_JAX_CACHE/targets): cel_jax/target.py
+    c.target = dict(
+        finetune=False, split="full", epochs=5, lr=1e-4, batch_size=8, grad_accum=1, warmup_epochs=0.0
+    )
     c.distributed = dict(coordinator_address="", num_processes=0, process_id=-1)
     # Evaluate the final model in-process: `eval.overrides` are fields of configs/eval/<benchmark>.py
     c.eval = dict(enabled=False, benchmark="tofu", overrides=dict(forget_split="forget01"))
     return c
+
+
+def _dual(**over) -> dict:
+    d = dict(
+        rule="gda",  # gda (the authors' projected ascent) | pi (νPI) | alm (augmented Lagrangian)
+        lam0=1.0,
+        lr=1.0,  # η: dual step size (the integral gain)
+        kp=0.0,  # pi: proportional gain κ_p
+        nu=0.0,  # pi: EMA coefficient ν of the violation
+        rho=1.0,  # alm: penalty coefficient ρ
+        eps=config_dict.placeholder(float),
+        eps_alpha=config_dict.placeholder(float),
+        eps_ref_items=config_dict.placeholder(int),
+        lam_max=config_dict.placeholder(float),
+        warmup_epochs=0,  # epochs with λ held at λ0 before the rule runs (the authors' warm start)
+        mode="step",  # step | microbatch | epoch | fixed
+        normalize_forget=False,  # L_f / L_f(first micro-batch): λ0 and η portable across models
+        tolerance=0.0,  # constraint_satisfied: mean retain loss of the last epoch <= eps + tolerance
+    )
+    d.update(over)
+    return d
 
 
 def unlearn_config() -> ml_collections.ConfigDict:
@@ -53,17 +81,9 @@ def unlearn_config() -> ml_collections.ConfigDict:
     c.method_args = ml_collections.ConfigDict()  # overrides of the method's reference defaults
     c.solver = "primal_dual"  # primal_dual | scalarized
     c.compat = False  # reproduce the reference's documented defects (see docs/differences.md)
-    # Dual: λ0, η (step size), ε absolute or relative ε = (1 + eps_alpha) L_r(π_ref), warm start.
-    c.dual = dict(
-        lam0=100.0,
-        lr=5.0,
-        eps=config_dict.placeholder(float),
-        eps_alpha=config_dict.placeholder(float),
-        eps_ref_items=config_dict.placeholder(int),
-        lam_max=config_dict.placeholder(float),
-        warmup_epochs=5,
-        mode="step",
-    )
+    # Dual (cel_jax/dual.py): the rule and its gains, λ0, ε absolute or relative
+    # ε = (1 + eps_alpha) L_r(π_ref), warm start, when λ updates, L_f normalised by its start value.
+    c.dual = _dual(rule="gda", lam0=100.0, lr=5.0, warmup_epochs=5, mode="step")
     c.dual.eps = 0.3
     return c
 
@@ -71,16 +91,7 @@ def unlearn_config() -> ml_collections.ConfigDict:
 def finetune_config() -> ml_collections.ConfigDict:
     c = _common()
     c.epochs = 5
-    c.dual = dict(
-        lam0=0.0,
-        lr=0.0,
-        eps=0.0,
-        eps_alpha=config_dict.placeholder(float),
-        eps_ref_items=config_dict.placeholder(int),
-        lam_max=config_dict.placeholder(float),
-        warmup_epochs=0,
-        mode="fixed",
-    )
+    c.dual = _dual(lam0=0.0, lr=0.0, warmup_epochs=0, mode="fixed")
     return c
 
 
@@ -88,8 +99,9 @@ TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "reta
 
 
 def tofu_pdu_config(target: str, epochs: int, split: str = "forget10") -> ml_collections.ConfigDict:
-    """PDU on TOFU with the authors' settings (community/methods/PDU/run.sh): λ0 100, η 5, ε 0.3,
-    5 warm-start epochs, lr 1e-5, wd 0.01, one warmup epoch, linear decay, effective batch 128."""
+    """PDU on TOFU with the authors' settings (community/methods/PDU/run.sh): gda, λ0 100, η 5, ε 0.3,
+    5 warm-start epochs, λ updated per micro-batch as the reference does, lr 1e-5, wd 0.01, one warmup
+    epoch, linear decay, effective batch 128."""
     if split not in TOFU_RETAIN:
         raise ValueError(f"unknown TOFU forget split {split!r}; expected one of {sorted(TOFU_RETAIN)}")
     c = unlearn_config()
@@ -103,10 +115,12 @@ def tofu_pdu_config(target: str, epochs: int, split: str = "forget10") -> ml_col
     c.batch_size = 32  # 4 per device x 8 GPUs in the reference, grad_accum 4 -> effective 128
     c.grad_accum = 4
     c.epochs = epochs
+    c.dual.rule = "gda"
     c.dual.lam0 = 100.0
     c.dual.lr = 5.0
     c.dual.eps = 0.3
     c.dual.warmup_epochs = 5
+    c.dual.mode = "microbatch"  # the reference updates λ once per micro-batch: same η, same trajectory
     c.ckpt.every = 100
     c.eval.overrides.forget_split = split
     return c

@@ -301,16 +301,11 @@ def scalarised(
 _FORGET_LOGITS = ("forget_logits", "forget_labels")
 
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    # lam0 is the reference `alpha`; eps (`retain_loss_eps`) has no default. The reference
-    # `dual_update_upon: step` updates once per compute_loss call, i.e. per micro-batch.
+    # The reference's dual settings (`alpha` = λ0, `retain_loss_eps`, `dual_step_size`,
+    # `dual_update_upon`, `dual_warmup_epochs`) live in cfg.dual (cel_jax/dual.py), not here.
     "pdu": dict(
         gamma=1.0,
         alpha=1.0,  # retain weight under solver=scalarized: the fixed-λ ablation (not a reference field)
-        lam0=1.0,
-        eps=None,
-        dual_lr=1.0,
-        dual_mode="microbatch",
-        dual_warmup_epochs=5,
         shifted=True,
         average="token",
         tie="split",
@@ -319,11 +314,6 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "pdu_entropy": dict(
         gamma=1.0,
         alpha=1.0,  # as pdu
-        lam0=1.0,
-        eps=None,
-        dual_lr=1.0,
-        dual_mode="microbatch",
-        dual_warmup_epochs=5,
         shifted=True,
         average="token",
         retain_loss="nll",

@@ -2,13 +2,11 @@
 
 Axes: M micro-batches per optimizer step, B micro-batch size, T length, V vocab, D model.
 One optimizer step = a `lax.scan` over M micro-batches accumulating gradients, then one optax update.
-The primal gradient uses the old λ; the dual update runs inside the same jitted step:
-  mode "step":       λ ← [λ + η (mean_m L_r,m − ε)]_+ once per step (the global-batch retain loss, so λ
-                     is identical on every host; the reference updates per micro-batch and per GPU).
-  mode "microbatch": λ updated after each micro-batch (the reference's semantics), later micro-batches
-                     of the same step already use the new λ.
-  mode "epoch"/"fixed": λ is not touched here ("epoch" is updated by the loop at epoch ends).
-λ, ε, η, the upper bound and the warm-start flag are traced values: changing them never recompiles.
+The primal gradient uses the multiplier from before the update; the dual rule (cel_jax/dual.py) runs
+inside the same jitted step, once per step ("step") or per micro-batch ("microbatch"); "epoch" and
+"fixed" leave λ to the loop. `batch["valid_M"]` marks filler micro-batches (0): the last step of an
+epoch may have fewer real micro-batches than M, and fillers add nothing to gradients, metrics or λ.
+The warm-start flag is a traced value and the rule is static: changing λ never recompiles.
 """
 
 from __future__ import annotations
@@ -32,8 +30,9 @@ class TrainState:
     step: jax.Array  # int32 optimizer steps done
     params: Any  # pure dict of arrays (nnx.to_pure_dict of the model's Params)
     opt_state: Any
-    dual: jax.Array  # float32 λ (replicated)
+    dual: dual_lib.DualState  # λ and the dual rule's state (replicated)
     eps: jax.Array  # float32 ε (replicated)
+    forget_scale: jax.Array  # float32 weight w of L_f in the Lagrangian: 1 or 1 / L_f(θ₀)
     rng: jax.Array  # uint32[2] key data
 
 
@@ -52,6 +51,7 @@ class StepSpec:
     compat: bool = struct.field(pytree_node=False, default=False)
     # ((part, capacity), ...): parts whose LM head runs on answer-predicting rows only (answer_rows.py)
     answer_rows: tuple = struct.field(pytree_node=False, default=())
+    dual_rule: dual_lib.Rule = struct.field(pytree_node=False, default=dual_lib.Rule())
 
 
 def _forward(model, part, hidden_layer):
@@ -105,7 +105,7 @@ def reference_quantities(graphdef, ref_params, mb, spec: StepSpec) -> dict:
     return jax.lax.stop_gradient(out)
 
 
-def objective(params, lam, eps, mb, ref, consts, graphdef, spec: StepSpec):
+def objective(params, lam, eps, mb, ref, consts, graphdef, spec: StepSpec, forget_scale=1.0):
     """(scalar objective, (forget_loss, retain_loss)) for one micro-batch."""
     model = nnx.merge(graphdef, params)
     if spec.solver == "finetune":
@@ -133,57 +133,78 @@ def objective(params, lam, eps, mb, ref, consts, graphdef, spec: StepSpec):
             q["retain_hidden"] = r_hidden
         l_r = methods.retain_loss(spec.retain_kind, q, compat=spec.compat)
     if spec.solver == "primal_dual":
-        obj = dual_lib.lagrangian(l_f, l_r, lam, eps, spec.gamma)
+        w = spec.gamma * resolve_forget_scale(forget_scale, l_f)
+        obj = dual_lib.lagrangian(spec.dual_rule, l_f, l_r, lam, eps, w)
     else:
         obj = methods.scalarised(l_f, l_r, spec.gamma, spec.alpha)
     return obj, (l_f.astype(jnp.float32), l_r.astype(jnp.float32))
 
 
+def resolve_forget_scale(forget_scale, forget_loss) -> jax.Array:
+    """The weight w of L_f: `forget_scale` once set (> 0); 0 means "normalise by this loss", w = 1/|L_f|
+    of the run's first micro-batch (no gradient through w), so the forget term starts at 1."""
+    fs = jnp.asarray(forget_scale, jnp.float32)
+    first = 1.0 / jnp.maximum(jnp.abs(jax.lax.stop_gradient(forget_loss.astype(jnp.float32))), 1e-6)
+    return jnp.where(fs > 0, fs, first)
+
+
 def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx, spec: StepSpec):
-    """One optimizer step over M stacked micro-batches. hp: traced {dual_lr, dual_active, lam_max}."""
+    """One optimizer step over M stacked micro-batches. hp: traced {dual_active}.
+
+    batch: {part: {input_ids, attention_mask, labels: [M, B, T]}, "valid_M": [M] (optional)}."""
     TRACE_COUNT[spec.solver] += 1
     grad_fn = jax.value_and_grad(objective, has_aux=True)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
+    parts = {k: v for k, v in batch.items() if k != "valid_M"}
+    n_micro = jax.tree.leaves(parts)[0].shape[0]
+    valid_M = batch.get("valid_M", jnp.ones((n_micro,), jnp.float32)).astype(jnp.float32)
+    per_micro = spec.dual_mode == "microbatch" and spec.solver == "primal_dual"
 
-    def micro(carry, mb):
-        g_acc, lam = carry
+    def micro(carry, xs):
+        g_acc, dual, fs = carry
+        mb, valid = xs
         mb = answer_rows.compact_batch(mb, spec.answer_rows)
         ref = reference_quantities(graphdef, ref_params, mb, spec) if ref_params is not None else {}
-        (obj, (l_f, l_r)), g = grad_fn(state.params, lam, state.eps, mb, ref, consts, graphdef, spec)
-        lam_next = lam
-        if spec.dual_mode == "microbatch" and spec.solver == "primal_dual":
-            lam_next = dual_lib.dual_update(
-                lam, l_r, state.eps, hp["dual_lr"], hp["dual_active"], hp["lam_max"]
-            )
-        g_acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g)
-        return (g_acc, lam_next), (obj, l_f, l_r, lam)
+        (obj, (l_f, l_r)), g = grad_fn(state.params, dual.lam, state.eps, mb, ref, consts, graphdef, spec, fs)
+        lam_used = dual.lam
+        if per_micro:
+            dual = dual_lib.update(spec.dual_rule, dual, l_r - state.eps, hp["dual_active"] & (valid > 0))
+        g_acc = jax.tree.map(lambda a, b: a + valid * b.astype(a.dtype), g_acc, g)
+        return (g_acc, dual, resolve_forget_scale(fs, l_f)), (obj, l_f, l_r, lam_used)
 
-    (g_sum, lam_end), (objs, l_fs, l_rs, lams) = jax.lax.scan(micro, (zeros, state.dual), batch)
-    n_micro = objs.shape[0]
-    grads = jax.tree.map(lambda g: g / n_micro, g_sum)
+    carry0 = (zeros, state.dual, state.forget_scale)
+    (g_sum, dual_end, fs), (objs, l_fs, l_rs, lams) = jax.lax.scan(micro, carry0, (parts, valid_M))
+    n_valid = jnp.maximum(jnp.sum(valid_M), 1.0)
+    grads = jax.tree.map(lambda g: g / n_valid.astype(g.dtype), g_sum)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    l_r = jnp.mean(l_rs)
+    mean = lambda x_M: jnp.sum(jnp.where(valid_M > 0, x_M, 0.0)) / n_valid
+    l_r = mean(l_rs)
     if spec.solver != "primal_dual":
         dual_next = state.dual
     elif spec.dual_mode == "step":
-        dual_next = dual_lib.dual_update(
-            state.dual, l_r, state.eps, hp["dual_lr"], hp["dual_active"], hp["lam_max"]
-        )
-    elif spec.dual_mode == "microbatch":
-        dual_next = lam_end
+        dual_next = dual_lib.update(spec.dual_rule, state.dual, l_r - state.eps, hp["dual_active"])
+    elif per_micro:
+        dual_next = dual_end
     else:
         dual_next = state.dual
-    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, dual=dual_next)
+    if spec.solver != "primal_dual":
+        fs = state.forget_scale
+    new = state.replace(
+        step=state.step + 1, params=params, opt_state=opt_state, dual=dual_next, forget_scale=fs
+    )
     metrics = {
-        "loss": jnp.mean(objs),
-        "forget_loss": jnp.mean(l_fs),
+        "loss": mean(objs),
+        "forget_loss": mean(l_fs),
         "retain_loss": l_r,
         "retain_loss_micro": l_rs,
         "dual_micro": lams,
-        "dual": state.dual,
-        "dual_next": dual_next,
+        "dual": state.dual.lam,
+        "dual_next": dual_next.lam,
+        "dual_eff": dual_lib.effective_multiplier(spec.dual_rule, state.dual.lam, l_r - state.eps),
         "grad_norm": optax.tree.norm(grads),
+        "valid_micro": valid_M,
+        "forget_scale": fs,
     }
     return new, metrics
 

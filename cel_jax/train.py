@@ -23,7 +23,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cel_jax import answer_rows, checkpoint, data, methods, optim, sharding
+from cel_jax import answer_rows, before_after, checkpoint, data, methods, optim, run_dir, sharding, target
 from cel_jax import dual as dual_lib
 from cel_jax import step as step_lib
 from cel_jax.train_data import TrainData, prepare_data
@@ -40,18 +40,12 @@ def validate_config(cfg, mode: str) -> None:
         methods.get_method(cfg.method)  # unknown method -> ValueError with the valid names
         if cfg.solver not in SOLVERS:
             raise ValueError(f"unknown solver {cfg.solver!r}; expected one of {SOLVERS}")
+        dual_lib.reject_dual_method_args(_method_overrides(cfg))
         methods.resolve_hparams(cfg.method, _method_overrides(cfg))
         if cfg.solver == "primal_dual":
-            eps = cfg.dual.eps if cfg.dual.eps is not None else 1.0  # relative ε is checked below
-            dual_lib.validate_dual_config(eps, cfg.dual.lr, cfg.dual.lam0, cfg.dual.lam_max, cfg.dual.mode)
+            dual_lib.validate(cfg.dual)
             if cfg.dual.eps is None and cfg.dual.eps_alpha is None:
                 raise ValueError("primal_dual needs dual.eps (absolute) or dual.eps_alpha (relative)")
-            if cfg.dual.eps is not None and cfg.dual.eps_alpha is not None:
-                raise ValueError("give either dual.eps or dual.eps_alpha, not both")
-            if cfg.dual.eps_alpha is not None and not cfg.dual.eps_alpha >= 0:
-                raise ValueError(f"dual.eps_alpha must be >= 0, got {cfg.dual.eps_alpha}")
-            if cfg.dual.warmup_epochs < 0:
-                raise ValueError(f"dual.warmup_epochs must be >= 0, got {cfg.dual.warmup_epochs}")
     if cfg.get("lm_head_rows", "answers") not in LM_HEAD_ROWS:
         raise ValueError(f"lm_head_rows must be one of {LM_HEAD_ROWS}, got {cfg.lm_head_rows!r}")
     for key in ("batch_size", "grad_accum", "epochs"):
@@ -89,11 +83,12 @@ def make_spec(cfg, model_cfg, mode: str) -> step_lib.StepSpec:
         if not 0 <= layer < model_cfg.n_layers:
             raise ValueError(f"{cfg.method}: layer {layer} outside the model's {model_cfg.n_layers} layers")
     forget_hp = tuple(sorted((k, hp[k]) for k in spec.forget_args))
-    mode_ = cfg.dual.mode if cfg.solver == "primal_dual" else "fixed"
+    primal_dual = cfg.solver == "primal_dual"
     return step_lib.StepSpec(
         method=cfg.method,
         solver=cfg.solver,
-        dual_mode=mode_,
+        dual_mode=cfg.dual.mode if primal_dual else "fixed",
+        dual_rule=dual_lib.rule_from_config(cfg.dual) if primal_dual else dual_lib.Rule(),
         retain_kind=retain_kind,
         forget_hp=forget_hp,
         gamma=float(hp.get("gamma", 1.0)),
@@ -127,13 +122,17 @@ def answer_row_plan(cfg, spec: step_lib.StepSpec, td: TrainData) -> tuple[tuple[
 
 
 # --------------------------------------------------------------------------------------- state
-def create_state(params, tx, lam0: float, eps: float, seed: int) -> step_lib.TrainState:
+def create_state(
+    params, tx, lam0: float, eps: float, seed: int, rule: dual_lib.Rule | None = None, forget_scale=1.0
+) -> step_lib.TrainState:
+    """forget_scale 0: set at the first step to 1 / L_f of its first micro-batch (dual.normalize_forget)."""
     return step_lib.TrainState(
         step=jnp.int32(0),
         params=params,
         opt_state=tx.init(params),
-        dual=jnp.float32(lam0),
+        dual=dual_lib.init(rule or dual_lib.Rule(), lam0),
         eps=jnp.float32(eps),
+        forget_scale=jnp.float32(forget_scale),
         rng=jax.random.key_data(jax.random.key(seed)),
     )
 
@@ -156,10 +155,12 @@ def batch_sharding(mesh) -> NamedSharding:
 
 def to_global(batch: dict, mesh) -> dict:
     """Host batch (same on every process) -> global arrays sharded over the batch axis."""
-    shd = batch_sharding(mesh)
+    shd, rep = batch_sharding(mesh), sharding.replicated(mesh)
     n, i = jax.process_count(), jax.process_index()
 
     def put(x):
+        if x.ndim < 2:  # per-micro-batch flags [M]: the same on every device
+            return jax.device_put(x, rep) if n == 1 else jax.make_array_from_process_local_data(rep, x)
         if n == 1:
             return jax.device_put(x, shd)
         per = x.shape[1] // n
@@ -206,6 +207,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     validate_config(cfg, mode)
     if not workdir:
         raise ValueError("--workdir is required")
+    run_dir.prepare(str(workdir), cfg, mode)  # another config's run is refused, not resumed (run_dir.py)
     remote = _is_remote(workdir)  # gs:// etc.: files are written to a local mirror, then uploaded
     wd = Path(tempfile.mkdtemp(prefix="cel_jax_")) if remote else Path(workdir)
     if remote:
@@ -214,7 +216,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         wd.mkdir(parents=True, exist_ok=True)
     mesh = sharding.make_mesh(cfg.mesh.shape)
 
-    folder = hf_io.resolve(cfg.model.name_or_path)
+    folder = hf_io.resolve(target.ensure_target(cfg) if mode == "unlearn" else cfg.model.name_or_path)
     model_cfg = hf_io.read_config(
         folder, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, remat=cfg.model.remat
     )
@@ -229,7 +231,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     )  # all data errors surface here, before the model is loaded
     spec = spec.replace(answer_rows=answer_row_plan(cfg, spec, td))
 
-    steps_per_epoch = data.steps_per_epoch(td.n_anchor, cfg.batch_size * cfg.grad_accum)
+    steps_per_epoch = td.steps_per_epoch(cfg.batch_size, cfg.grad_accum)  # one pass = one epoch
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.max_steps:
         total_steps = min(total_steps, int(cfg.max_steps))
@@ -247,8 +249,9 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         mesh=mesh,
         with_tokenizer=False,
     )
-    show = cfg.get("show_examples", False) and jax.process_count() == 1
-    before = _examples(model, tok, td) if show else None
+    report_cfg = cfg.get("report") or {}
+    show = mode == "unlearn" and report_cfg.get("enabled", False) and jax.process_index() == 0 and td.retain_rows
+    before = before_after.snapshot(model, tok, td, report_cfg) if show else None
     graphdef, params_state = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params_state)
     # the frozen reference is its own copy: the train state (and so `params`) is donated every step
@@ -262,8 +265,10 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
 
     # ε: absolute, or relative to the reference model's retain loss (measured once, stored in the ckpt).
     mgr = checkpoint.manager(str(workdir), cfg.ckpt.every, cfg.ckpt.keep, cfg.ckpt.get("async_save", True))
-    lam0 = cfg.dual.lam0 if mode == "unlearn" and cfg.solver == "primal_dual" else 0.0
-    state = create_state(params, tx, lam0, 0.0, cfg.seed)
+    primal_dual = mode == "unlearn" and cfg.solver == "primal_dual"
+    lam0 = cfg.dual.lam0 if primal_dual else 0.0
+    normalize = primal_dual and bool(cfg.dual.get("normalize_forget", False))
+    state = create_state(params, tx, lam0, 0.0, cfg.seed, spec.dual_rule, 0.0 if normalize else 1.0)
     state = _replicate_scalars(state, mesh)
     restored = checkpoint.restore_latest(mgr, state)
     if restored is not None:
@@ -294,7 +299,6 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     )
     pending = None
     t0 = time.time()
-    lam_max = cfg.dual.lam_max if cfg.dual.lam_max is not None else float("inf")
     step_i = start_step  # host copy of state.step (+1 per call): reading the device's would sync every step
     while step_i < total_steps:
         epoch_before = cursor.epoch
@@ -302,11 +306,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         for part, cap in spec.answer_rows:
             answer_rows.check_capacity(batch[part]["labels"], cap, part)
         active = (mode == "unlearn") and (cursor.epoch >= cfg.dual.warmup_epochs)
-        hp = {
-            "dual_lr": jnp.float32(cfg.dual.lr),
-            "dual_active": jnp.bool_(active),
-            "lam_max": jnp.float32(lam_max),
-        }
+        hp = {"dual_active": jnp.bool_(active)}
         state, metrics = fn(state, to_global(batch, mesh), hp, ref_params, consts)
         if pending is not None:  # log the previous step now: no host sync right after dispatch
             _emit(log, bar, pending, eps)
@@ -319,7 +319,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
             and cursor.epoch >= cfg.dual.warmup_epochs
         ):
             mean_lr = _retain_pass(state.params, graphdef, td, cfg, mesh, epoch_before)
-            new = dual_lib.dual_update(state.dual, mean_lr, eps, cfg.dual.lr, True, lam_max)
+            new = dual_lib.update(spec.dual_rule, state.dual, mean_lr - eps)
             state = state.replace(dual=jax.device_put(new, rep))
         step_i += 1  # = state.step after this call (train_step adds 1)
         if mgr.should_save(step_i) and pending is not None:
@@ -340,33 +340,45 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
 
     final = nnx.merge(graphdef, state.params)
     summary = {
+        "mode": mode,
+        "method": cfg.method if mode == "unlearn" else "finetune",
+        "solver": cfg.solver if mode == "unlearn" else "finetune",
+        "dual_rule": spec.dual_rule.name if spec.solver == "primal_dual" else None,
         "steps": int(state.step),
-        "dual": float(state.dual),
+        "epochs": cursor.epoch if cursor.position == 0 else cursor.epoch + 1,
+        "dual": float(state.dual.lam),
         "eps": eps,
+        "forget_scale": float(state.forget_scale),
         "wall_s": wall,
         "resumed_from": start_step,
         "lm_head_rows": {p: c for p, c in spec.answer_rows} or "all",  # rows kept per sequence, per part
     }
+    if mode == "unlearn" and eps > 0 and log.path.exists():
+        from cel_jax import feasibility
+
+        rows = [json.loads(ln) for ln in log.path.read_text().splitlines() if ln.strip()]
+        summary.update(feasibility.report(rows, eps, float(cfg.dual.get("tolerance", 0.0) or 0.0)))
+    report = None
+    if before is not None:
+        after = before_after.snapshot(final, tok, td, report_cfg)
+        summary.update(before_after.summary_fields(before, after))
+        report = before_after.render(td, before, after, summary, report_cfg)
     if cfg.get("export", True):
         hf_io.save_pretrained(final, tok, wd / "model")  # all processes gather; process 0 writes
     if jax.process_index() == 0:
         from cel_jax import plots
 
         plots.training_curves(wd / "metrics.jsonl", wd / "training_curves.png")
-        (wd / "summary.json").write_text(json.dumps(summary, indent=2))
+        _write_json(wd / "summary.json", summary)
         if remote:
             _upload(wd, workdir)
-    return {"summary": summary, "model": final, "tokenizer": tok, "data": td, "examples_before": before}
+    return {"summary": summary, "model": final, "tokenizer": tok, "data": td, "report": report}
 
 
-def _examples(model, tok, td: TrainData) -> list[str] | None:
-    """Greedy answers to the first forget and the first retain question (process 0 only)."""
-    if jax.process_index() != 0 or not td.retain_rows:
-        return None
-    from cel_jax import generate
-
-    qs = [td.forget_rows[0]["question"], td.retain_rows[0]["question"]]
-    return generate.generate_text(model, tok, qs, max_new_tokens=48, system_prompt=td.system_prompt)
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
 
 
 def _is_remote(workdir) -> bool:
@@ -422,7 +434,7 @@ def _emit(log: MetricsLog, bar, pending, eps: float) -> None:
         return
     bar.set_postfix(
         forget=f"{row['forget_loss']:.4g}",
-        retain_minus_eps=f"{row['retain_loss'] - eps:+.3g}",
+        retain_minus_eps=f"{row['retain_loss'] - eps:+.3g}" if eps > 0 else "n/a",
         lam=f"{row['dual']:.4g}",
     )
 
@@ -444,8 +456,10 @@ def _token_mean_over(params, graphdef, batches, mesh) -> float:
 
 
 def _initial_eps(cfg, mode, spec, params, graphdef, td: TrainData, mesh) -> float:
-    if mode != "unlearn" or cfg.solver != "primal_dual":
-        return float(cfg.dual.eps or 0.0)
+    """ε of the run (stored in the checkpoint). Scalarised runs that name one get it too, so their
+    feasibility report is against the same bound as a constrained run's; 0 means none."""
+    if mode != "unlearn" or (cfg.dual.eps is None and cfg.dual.eps_alpha is None):
+        return 0.0
     if cfg.dual.eps is not None:
         return float(cfg.dual.eps)
     ref_loss = _token_mean_over(
@@ -481,17 +495,11 @@ def _after(cfg, workdir, out) -> None:
     if jax.process_index() != 0:
         return
     s = out["summary"]
-    print(
-        f"done: {s['steps']} steps in {s['wall_s']:.0f}s, λ = {s['dual']:.4g}, ε = {s['eps']:.4g}; "
-        f"model exported to {Path(workdir) / 'model'}"
-    )
-    if out.get("examples_before") is not None:
-        td = out["data"]
-        after = _examples(out["model"], out["tokenizer"], td)
-        pairs = zip(("forget", "retain"), (td.forget_rows[0], td.retain_rows[0]), strict=True)
-        for (label, row), b4, af in zip(pairs, out["examples_before"], after, strict=True):
-            print(f"[{label}] Q: {row['question']}\n  truth:  {row['answer']}")
-            print(f"  before: {b4}\n  after:  {af}")
+    where = f"; model exported to {Path(workdir) / 'model'}" if cfg.get("export", True) else ""
+    print(f"done: {s['steps']} steps in {s['wall_s']:.0f}s{where}")
+    if out.get("report"):
+        print(out["report"])
+
     if cfg.get("eval") is not None and cfg.eval.get("enabled", False):
         from cel_jax.evaluation import driver
 
@@ -503,3 +511,7 @@ def _after(cfg, workdir, out) -> None:
             Path(workdir) / "eval",
             model_name=str(Path(workdir) / "model"),
         )
+    if "constraint_satisfied" in s:
+        from cel_jax import feasibility
+
+        print(feasibility.line(s))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -85,13 +86,23 @@ class TrainData:
         f, w, nxt = data.next_indices(len(self.forget_items), batch_size, self.seed, cursor, self.shuffle)
         return f, None, w, nxt
 
+    def steps_per_epoch(self, batch_size: int, n_micro: int) -> int:
+        """Optimizer steps in one pass over the anchor set: ceil(ceil(n / B) / M)."""
+        return math.ceil(data.steps_per_epoch(self.n_anchor, batch_size) / n_micro)
+
     def next_batch(self, cursor: data.Cursor, batch_size: int, n_micro: int) -> tuple[dict, data.Cursor]:
-        """M micro-batches stacked as [M, B, T] (one bucket T for the whole step) and the cursor after."""
-        plan = []
-        for _ in range(n_micro):
-            epoch = cursor.epoch + 1 if cursor.position >= len(self.forget_items) else cursor.epoch
+        """M micro-batches stacked as [M, B, T] (one bucket T for the whole step) and the cursor after.
+
+        A step never crosses an epoch boundary: when the epoch runs out before M micro-batches, the
+        rest are fillers (copies of the step's first micro-batch with `valid_M` 0) that the step
+        ignores, so one epoch is exactly one pass whatever `grad_accum` is."""
+        if cursor.position >= len(self.forget_items):
+            cursor = data.Cursor(cursor.epoch + 1, 0)
+        epoch, plan = cursor.epoch, []
+        while len(plan) < n_micro and cursor.epoch == epoch:
             f, r, w, cursor = self._indices(cursor, batch_size)
             plan.append((f, r, w, epoch))
+        n_real = len(plan)
         parts = {"forget": lambda f, r, e: [self.forget_items[i] for i in f]}
         if self.paired:
             parts["retain"] = lambda f, r, e: [self.retain_items[i] for i in r]
@@ -100,7 +111,7 @@ class TrainData:
         chosen = {k: [fn(f, r, e) for f, r, _, e in plan] for k, fn in parts.items()}
         longest = max(len(it["input_ids"]) for mbs in chosen.values() for mb in mbs for it in mb)
         length = data.pick_bucket(longest, self.buckets)
-        out = {}
+        out: dict[str, Any] = {}
         for k, mbs in chosen.items():
             cols = [
                 data.collate(
@@ -114,9 +125,11 @@ class TrainData:
                 )
                 for mb, (_, _, w, _) in zip(mbs, plan, strict=True)
             ]
+            cols += [cols[0]] * (n_micro - n_real)  # fillers: finite losses, weighted 0 by the step
             out[k] = {
                 key: np.stack([c[key] for c in cols]) for key in ("input_ids", "attention_mask", "labels")
             }
+        out["valid_M"] = (np.arange(n_micro) < n_real).astype(np.float32)
         return out, cursor
 
     def retain_batches(self, batch_size: int, max_items: int | None = None) -> Iterator[dict]:

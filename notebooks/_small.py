@@ -4,6 +4,8 @@ CEL_JAX_NOTEBOOK_SMALL=1 switches every notebook to a tiny random Llama (tests/t
 2 evaluation items, so the test suite can execute them in seconds (tests/test_notebooks.py).
 CEL_JAX_NOTEBOOK_WORKDIR: where runs go (default: <tmp>/cel_jax_notebooks).
 CEL_JAX_RESULTS_DIR: the results folder results.ipynb reads (default: the repository's results/).
+CEL_JAX_TOFU_DIR: a local folder of TOFU JSONL files. `TOFU` is that folder when set; otherwise the
+TOFU-format test fixtures (tests/fixtures/tofu) in small mode, and the hub dataset locuslab/TOFU in full mode.
 """
 
 from __future__ import annotations
@@ -17,12 +19,26 @@ from pathlib import Path
 
 SMALL = os.environ.get("CEL_JAX_NOTEBOOK_SMALL", "0").lower() not in ("", "0", "false", "no")
 ROOT = Path(__file__).resolve().parents[1]  # the repository
-_LOCAL_TOFU = ROOT.parent / "shared" / "data" / "tofu"
-# TOFU as JSONL files (one per config); without the local copy, the Hugging Face hub name.
-TOFU = str(_LOCAL_TOFU) if _LOCAL_TOFU.is_dir() else "locuslab/TOFU"
+TOFU_FIXTURES = ROOT / "tests" / "fixtures" / "tofu"
 RESULTS = Path(os.environ.get("CEL_JAX_RESULTS_DIR", ROOT / "results"))
 # tqdm.auto warns once when ipywidgets is missing; its text progress bars work fine without.
 warnings.filterwarnings("ignore", message="IProgress not found")
+
+
+def tofu() -> str:
+    """Where the notebooks read TOFU (a folder of JSONL files, one per config, or the hub name)."""
+    from cel_jax.data import tofu_dir
+
+    local = tofu_dir()
+    if local is not None:
+        return str(local)
+    return str(TOFU_FIXTURES) if SMALL else "locuslab/TOFU"
+
+
+def __getattr__(name: str):
+    if name == "TOFU":  # resolved on first use: results.ipynb, which needs no TOFU, never imports cel_jax
+        return tofu()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def workdir(name: str) -> Path:

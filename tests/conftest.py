@@ -1,8 +1,15 @@
-"""Test setup: 8 fake CPU devices (must happen before any backend initialisation)."""
+"""Test setup: 8 fake CPU devices (must happen before any backend initialisation); where TOFU data is.
+
+TOFU_FIXTURES: TOFU-format files written for the tests (tests/fixtures/tofu/README.md), used by every test
+that needs TOFU-shaped data, so the suite runs anywhere, offline. REAL_TOFU: the real TOFU JSONL folder,
+only from $CEL_JAX_TOFU_DIR; tests of real-TOFU facts are marked `needs_real_tofu` and skip without it.
+"""
 
 import os
 import sys
 from pathlib import Path
+
+import pytest
 
 # Tests only: cheaper LLVM optimisation for the many small compiled programs (results may differ in
 # the last float bits; every tolerance in the tests is far above that).
@@ -12,7 +19,14 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-ROOT = Path(__file__).resolve().parents[1]
-TOFU_DIR = ROOT.parent / "shared" / "data" / "tofu"
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ helpers (conftest_tokenizer)
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from cel_jax.data.qa import tofu_dir  # noqa: E402  (after the setup above)
+
+ROOT = Path(__file__).resolve().parents[1]
+TOFU_FIXTURES = ROOT / "tests" / "fixtures" / "tofu"
+REAL_TOFU = tofu_dir()
+needs_real_tofu = pytest.mark.skipif(
+    REAL_TOFU is None, reason="CEL_JAX_TOFU_DIR not set: real TOFU data tests skipped"
+)

@@ -7,7 +7,7 @@ import optax
 import pytest
 from flax import nnx
 
-from cel_jax import answer_rows, methods, train
+from cel_jax import answer_rows, dual, methods, train
 from cel_jax import step as step_lib
 from cel_jax.losses import IGNORE
 from cel_jax.model import Llama, LlamaConfig
@@ -97,7 +97,9 @@ def test_step_on_answer_rows_equals_full_step(method, solver, over):
         hp = methods.resolve_hparams(method, over)
         kind = hp["retain_loss"] or ("nll" if solver == "primal_dual" else None)
         fhp = tuple(sorted((k, hp[k]) for k in m.forget_args))
-        spec = step_lib.StepSpec(method, solver, "step", kind, fhp, alpha=float(hp["alpha"]) or 1.0)
+        spec = step_lib.StepSpec(
+            method, solver, "step", kind, fhp, alpha=float(hp["alpha"]) or 1.0, dual_rule=dual.Rule(lr=5.0)
+        )
         parts = answer_rows.eligible_parts(m, dict(fhp), kind, False)
         assert "forget" in parts
     rng = np.random.default_rng(1)
@@ -108,7 +110,7 @@ def test_step_on_answer_rows_equals_full_step(method, solver, over):
     assert all(c < 47 for _, c in caps)  # the compaction really happens
     tx = optax.sgd(1.0)  # new params = params - grads: compares the gradients themselves
     ref = jax.tree.map(jnp.copy, params) if step_lib.needed_reference(spec) else None
-    hp_ = {"dual_lr": jnp.float32(5.0), "dual_active": jnp.bool_(True), "lam_max": jnp.float32(jnp.inf)}
+    hp_ = {"dual_active": jnp.bool_(True)}
     outs = []
     for s in (spec, spec.replace(answer_rows=caps)):
         st = train.create_state(jax.tree.map(jnp.copy, params), tx, 2.0, 0.5, 0)

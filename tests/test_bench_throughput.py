@@ -88,7 +88,7 @@ def test_torch_step_is_our_lagrangian(tiny):
         _, _, loss = tp.run_step(ours, batch)
         _, t_loss, lam, parts = tp.torch_pdu_step(tmodel, opt, batch, lam, eps, dual_lr)
         assert loss == pytest.approx(t_loss, rel=1e-4)
-        assert float(ours["state"].dual) == pytest.approx(lam, rel=1e-5)
+        assert float(ours["state"].dual.lam) == pytest.approx(lam, rel=1e-5)
         assert set(parts) == {"forward_s", "backward_s", "optimizer_s"}
 
 

@@ -2,21 +2,19 @@
 
 import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cel_jax import data
-from cel_jax.data import IGNORE, Cursor, Template
+from cel_jax.data import IGNORE, Cursor, Template, qa
 
 try:
+    from conftest import REAL_TOFU, TOFU_FIXTURES, needs_real_tofu
     from conftest_tokenizer import make_tokenizer
 except ImportError:  # tests/ imported as a package
+    from tests.conftest import REAL_TOFU, TOFU_FIXTURES, needs_real_tofu
     from tests.conftest_tokenizer import make_tokenizer
-
-TOFU_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tofu"
-needs_tofu = pytest.mark.skipif(not TOFU_DIR.is_dir(), reason="../shared/data/tofu not present")
 
 
 @pytest.fixture(scope="module")
@@ -414,21 +412,21 @@ def write_jsonl(path, rows):
     return path
 
 
-def test_validation_errors_name_file_row_field(tmp_path):
+def test_validation_errors_name_file_line_field(tmp_path):
     write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "answer": "a"}, {"question": "q"}])
-    with pytest.raises(ValueError, match=r"bad\.jsonl, row 1: missing field 'answer'"):
+    with pytest.raises(ValueError, match=r"bad\.jsonl, line 2: missing field 'answer'"):
         data.load_qa(tmp_path, "bad")
     write_jsonl(tmp_path / "empty_answer.jsonl", [{"question": "q", "answer": "  "}])
-    with pytest.raises(ValueError, match=r"row 0: field 'answer' must be a non-empty string"):
+    with pytest.raises(ValueError, match=r"line 1: field 'answer' must be a non-empty string"):
         data.load_qa(tmp_path, "empty_answer")
     pert = {"question": "q", "answer": "a", "paraphrased_answer": "p", "perturbed_answer": ["x", "y"]}
     write_jsonl(tmp_path / "f_perturbed.jsonl", [pert, {**pert, "perturbed_answer": "x"}])
     with pytest.raises(
-        ValueError, match=r"f_perturbed\.jsonl, row 1: field 'perturbed_answer' must be a non-empty list"
+        ValueError, match=r"f_perturbed\.jsonl, line 2: field 'perturbed_answer' must be a non-empty list"
     ):
         data.load_qa(tmp_path, "f_perturbed")
     write_jsonl(tmp_path / "g_perturbed.jsonl", [pert, {**pert, "perturbed_answer": ["x"]}])
-    with pytest.raises(ValueError, match=r"row 1: field 'perturbed_answer' has 1 entries but row 0 has 2"):
+    with pytest.raises(ValueError, match=r"line 2: field 'perturbed_answer' has 1 entries but line 1 has 2"):
         data.load_qa(tmp_path, "g_perturbed")
     write_jsonl(tmp_path / "h_perturbed.jsonl", [{"question": "q", "answer": "a", "perturbed_answer": ["x"]}])
     with pytest.raises(ValueError, match="missing field 'paraphrased_answer'"):
@@ -439,12 +437,35 @@ def test_validation_errors_name_file_row_field(tmp_path):
     (tmp_path / "broken.jsonl").write_text('{"question": "q", "answer": "a"}\n{oops\n')
     with pytest.raises(ValueError, match=r"broken\.jsonl, line 2: invalid JSON"):
         data.load_qa(tmp_path, "broken")
-    with pytest.raises(ValueError, match="row 0: missing field 'paraphrased_question'"):
+    with pytest.raises(ValueError, match="line 1: missing field 'paraphrased_question'"):
         data.load_qa(tmp_path, "bad", extra_fields=["paraphrased_question"])
     with pytest.raises(ValueError, match="the data set is empty"):
         data.load_qa([])
     with pytest.raises(ValueError, match="row 0: expected a JSON object"):
         data.load_qa(["not a dict"])
+
+
+def test_jsonl_errors_number_lines_alike(tmp_path):
+    """A broken JSON line and a row missing a field name the same 1-based line of the file (blank lines
+    count), with the file's path; sources without lines (JSON arrays, lists) name the 0-based row."""
+    good = json.dumps({"question": "q", "answer": "a"})
+    (tmp_path / "syntax.jsonl").write_text(f"{good}\n\n{{oops\n")
+    (tmp_path / "field.jsonl").write_text(f"{good}\n\n{json.dumps({'question': 'q'})}\n")
+    for name, problem in (("syntax", "invalid JSON"), ("field", "missing field 'answer'")):
+        with pytest.raises(ValueError) as err:
+            data.load_qa(tmp_path, name)
+        assert str(err.value).startswith(f"{tmp_path / name}.jsonl, line 3: {problem}"), str(err.value)
+    (tmp_path / "arr.json").write_text(json.dumps([{"question": "q", "answer": "a"}, {"question": "q"}]))
+    with pytest.raises(ValueError, match=r"arr\.json, row 1: missing field 'answer'"):
+        data.load_qa(tmp_path, "arr")
+    with pytest.raises(ValueError, match=r"<list of rows>, row 1: missing field 'answer'"):
+        data.load_qa([{"question": "q", "answer": "a"}, {"question": "q"}])
+    assert data.read_json_rows(tmp_path / "field.jsonl") == [
+        {"question": "q", "answer": "a"},
+        {"question": "q"},
+    ]
+    rows, origin = data.load_rows(tmp_path, "field", "train")
+    assert len(rows) == 2 and origin == str(tmp_path / "field.jsonl")
 
 
 def test_source_errors(tmp_path):
@@ -485,6 +506,8 @@ def test_other_sources(tmp_path, monkeypatch):
         return datasets.Dataset.from_list(rows)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)  # never the network in tests
+    monkeypatch.setattr(qa, "_hub_reachable", lambda: True)  # no DNS query either
+    monkeypatch.delenv("CEL_JAX_TOFU_DIR", raising=False)  # else "locuslab/TOFU" reads that local copy
     assert data.load_qa("locuslab/TOFU", "forget01") == rows
     assert calls == [("locuslab/TOFU", "forget01", "train")]
     with pytest.raises(FileNotFoundError):
@@ -501,11 +524,159 @@ def test_muse_layout_folders(tmp_path):
     assert data.load_muse(tmp_path, "knowmem", "retain_qa_icl")[0]["answer"] == "a"
     assert data.load_text(tmp_path, "privleak", "holdout")[0]["text"] == "Held out."
     write_jsonl(tmp_path / "verbmem" / "retain.jsonl", [{"prompt": "Once"}])
-    with pytest.raises(ValueError, match=r"retain\.jsonl, row 0: missing field 'gt'"):
+    with pytest.raises(ValueError, match=r"retain\.jsonl, line 1: missing field 'gt'"):
         data.load_muse(tmp_path, "verbmem", "retain")
 
 
-@needs_tofu
+def test_offline_hub_fails_fast_with_one_clear_line(monkeypatch):
+    """No network and no cached copy: datasets runs in offline mode (no retries) and the error is one line
+    that says how to point at a local folder. The loader is a fake: tests never touch the network."""
+    import datasets
+    import huggingface_hub.constants
+
+    seen = []
+
+    def offline_load_dataset(name, config, split):
+        seen.append((datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE))
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline_load_dataset)
+    monkeypatch.setattr(qa, "_hub_reachable", lambda: False)
+    monkeypatch.delenv("CEL_JAX_TOFU_DIR", raising=False)
+    before = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
+    with pytest.raises(FileNotFoundError) as err:
+        data.load_qa("locuslab/TOFU", "forget01")
+    msg = str(err.value)
+    assert seen == [(True, True)]  # offline mode while loading: a cached copy loads, no retry storm
+    assert (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE) == before  # restored
+    assert "\n" not in msg and err.value.__cause__ is None and err.value.__suppress_context__
+    assert "'locuslab/TOFU' config 'forget01'" in msg and "no network" in msg
+    for how in (
+        "--config.data.source=/path/to/tofu",
+        "--config.data_dir=/path/to/tofu",
+        "CEL_JAX_TOFU_DIR=/path",
+    ):
+        assert how in msg, how
+
+    # reachable host, but the connection fails: the same one line, with the hub's reason
+    def failing_load_dataset(name, config, split):
+        seen.append((datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE))
+        raise ConnectionError(
+            "Couldn't reach 'muse-bench/MUSE-News' on the Hub (LocalEntryNotFoundError)\nmore"
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", failing_load_dataset)
+    monkeypatch.setattr(qa, "_hub_reachable", lambda: True)
+    with pytest.raises(
+        FileNotFoundError, match=r"\(ConnectionError: Couldn't reach .*LocalEntryNotFoundError\)"
+    ) as err:
+        data.load_muse("muse-bench/MUSE-News", "raw", "forget")
+    assert seen[-1] == before and "\n" not in str(err.value)
+    assert "--config.data_dir=/path/to/folder" in str(err.value) and "CEL_JAX_TOFU_DIR" not in str(err.value)
+
+    # any other error of the loader is not disguised as a network problem
+    def broken_load_dataset(name, config, split):
+        raise ValueError("BuilderConfig 'forget02' not found")
+
+    monkeypatch.setattr(datasets, "load_dataset", broken_load_dataset)
+    with pytest.raises(ValueError, match="forget02"):
+        data.load_qa("locuslab/TOFU", "forget02")
+
+
+def test_hub_reachability_probe(monkeypatch):
+    import socket
+
+    def no_dns(*a, **k):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HF_ENDPOINT"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    probe = qa._hub_reachable.__wrapped__  # uncached
+    assert probe() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")  # the proxy resolves names
+    assert probe() is True
+    monkeypatch.delenv("HTTPS_PROXY")
+    asked = []
+    monkeypatch.setattr(socket, "getaddrinfo", lambda host, port: asked.append(host) or [])
+    monkeypatch.setenv("HF_ENDPOINT", "https://hf-mirror.example:8443")
+    assert probe() is True and asked == ["hf-mirror.example"]
+
+
+def test_tofu_location_from_the_environment(monkeypatch):
+    from cel_jax.config_base import unlearn_config
+    from cel_jax.evaluation import tofu
+
+    monkeypatch.delenv("CEL_JAX_TOFU_DIR", raising=False)
+    assert data.tofu_dir() is None and data.tofu_source() == "locuslab/TOFU" == data.TOFU_HUB
+    assert tofu.default_config().data_dir == "locuslab/TOFU"
+    assert unlearn_config().data.source == "locuslab/TOFU"
+    monkeypatch.setenv("CEL_JAX_TOFU_DIR", "  ")
+    assert data.tofu_dir() is None
+    monkeypatch.setenv("CEL_JAX_TOFU_DIR", str(TOFU_FIXTURES))
+    assert data.tofu_dir() == TOFU_FIXTURES and data.tofu_source() == str(TOFU_FIXTURES)
+    assert tofu.default_config().data_dir == str(TOFU_FIXTURES)
+    # the training configs' "locuslab/TOFU" reads the local copy; hub=True still asks the hub
+    import datasets
+
+    def no_hub(*a, **k):
+        raise AssertionError("the hub was asked")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.setattr(qa, "_hub_reachable", lambda: True)  # no DNS query
+    assert data.load_qa("locuslab/TOFU", "forget01") == data.load_qa(TOFU_FIXTURES, "forget01")
+    with pytest.raises(AssertionError, match="the hub was asked"):
+        data.load_qa("locuslab/TOFU", "forget01", hub=True)
+    monkeypatch.setenv("CEL_JAX_TOFU_DIR", str(TOFU_FIXTURES / "missing"))
+    with pytest.raises(FileNotFoundError, match="missing' .*named by CEL_JAX_TOFU_DIR.* does not exist"):
+        data.load_qa("locuslab/TOFU", "forget01")
+
+
+def _check_tofu_layout(folder, forget_split="forget01"):
+    """TOFU's relations between its files (what the loaders and benchmarks rely on); returns the sizes."""
+    names = data.tofu_splits(forget_split)
+    d = {k: data.load_qa(folder, v) for k, v in names.items()}
+    qa_of = lambda rows: [(r["question"], r["answer"]) for r in rows]  # noqa: E731
+    n_full, n_forget = len(d["full"]), len(d["forget"])
+    assert qa_of(d["forget"]) == qa_of(d["full"][n_full - n_forget :])  # forgetXX = the last rows of full
+    assert qa_of(d["retain"]) == qa_of(d["full"][: n_full - n_forget])  # retainXX = the first rows
+    assert qa_of(d["forget_perturbed"]) == qa_of(d["forget"])
+    assert qa_of(d["retain_perturbed"]) == qa_of(d["full"][: len(d["retain_perturbed"])])
+    assert len(d["holdout"]) == n_forget and not set(qa_of(d["holdout"])) & set(qa_of(d["full"]))
+    pert = data.load_qa(folder, names["forget_perturbed"], extra_fields=["paraphrased_question"])
+    data.load_qa(folder, "retain_perturbed", extra_fields=["paraphrased_question"])
+    for row in pert:
+        assert len(row["perturbed_answer"]) == 5 and row["paraphrased_answer"] not in row["perturbed_answer"]
+    for name in ("real_authors", "world_facts"):
+        plain = data.load_qa(folder, name, extra_fields=[f"option{i}" for i in range(1, 5)])
+        opts = data.load_qa(folder, f"{name}_perturbed")
+        assert qa_of(plain) == qa_of(opts)
+        for p, o in zip(plain, opts, strict=True):
+            options = [p[f"option{i}"] for i in range(1, 5)]
+            assert len(o["perturbed_answer"]) == 3 and p["answer"] in options
+            assert sorted(o["perturbed_answer"] + [o["answer"]]) == sorted(options)
+    return {k: len(v) for k, v in d.items()}
+
+
+def test_fixture_tofu_has_the_real_layout():
+    sizes = _check_tofu_layout(TOFU_FIXTURES)
+    assert sizes == dict(
+        full=24,
+        forget=8,
+        retain=16,
+        holdout=8,
+        forget_perturbed=8,
+        retain_perturbed=8,
+        real_authors_perturbed=6,
+        world_facts_perturbed=6,
+    )
+    for row in data.load_qa(TOFU_FIXTURES, "retain_perturbed") + data.load_qa(
+        TOFU_FIXTURES, "forget01_perturbed"
+    ):
+        assert len(set(row["perturbed_answer"])) == 5
+
+
+@needs_real_tofu
 def test_real_tofu_files_load():
     names = data.tofu_splits("forget01")
     assert names["retain"] == "retain99" and names["holdout"] == "holdout01"
@@ -513,13 +684,21 @@ def test_real_tofu_files_load():
     assert data.tofu_splits("forget10")["retain"] == "retain90"
     sizes = {"forget": 40, "retain": 3960, "holdout": 40, "forget_perturbed": 40, "retain_perturbed": 400}
     for key, name in names.items():
-        rows = data.load_qa(TOFU_DIR, name)
+        rows = data.load_qa(REAL_TOFU, name)
         if key in sizes:
             assert len(rows) == sizes[key], key
-    pert = data.load_qa(TOFU_DIR, "forget01_perturbed", extra_fields=["paraphrased_question"])
+    pert = data.load_qa(REAL_TOFU, "forget01_perturbed", extra_fields=["paraphrased_question"])
     assert all(len(r["perturbed_answer"]) == 5 for r in pert)
-    assert len(data.load_qa(TOFU_DIR, "world_facts_perturbed")[0]["perturbed_answer"]) == 3
-    assert data.load_qa(TOFU_DIR, "forget01")[0]["question"] == pert[0]["question"]
+    assert len(data.load_qa(REAL_TOFU, "world_facts_perturbed")[0]["perturbed_answer"]) == 3
+    assert data.load_qa(REAL_TOFU, "forget01")[0]["question"] == pert[0]["question"]
+
+
+@needs_real_tofu
+@pytest.mark.parametrize("split", ["forget01", "forget05", "forget10"])
+def test_real_tofu_has_the_layout_the_fixtures_copy(split):
+    sizes = _check_tofu_layout(REAL_TOFU, split)
+    assert sizes["full"] == 4000 and sizes["retain_perturbed"] == 400
+    assert sizes["forget"] == {"forget01": 40, "forget05": 200, "forget10": 400}[split]
 
 
 def test_demo_files_validate():

@@ -1,4 +1,5 @@
-"""cel_jax.dual: Lagrangian, projected dual ascent step by step, micro-batch scan, compile count, validation.
+"""cel_jax.dual: each rule against a plain-Python transcription, the Lagrangians and their gradients,
+one compile for any λ, validation, and dual settings living in cfg.dual only.
 
 Axes: M micro-batches.
 """
@@ -7,110 +8,113 @@ import math
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
-from cel_jax import dual
+from cel_jax import config_base, dual, train
 
 
-def py_update(lam, l_r, eps, lr, active=True, lam_max=None):
-    """The reference rule in plain Python (pdu.py): max(0, lam + lr * (L_r - eps)), optional upper bound."""
-    if not active:
-        return lam
-    new = max(0.0, lam + lr * (l_r - eps))
+def py_gda(lam, v, lr, lam_max=None):
+    """The reference rule (open-unlearning pdu.py): max(0, lam + lr * (L_r - eps))."""
+    new = max(0.0, lam + lr * v)
     return new if lam_max is None else min(new, lam_max)
 
 
-def test_lagrangian_value_and_gradients():
-    value = dual.lagrangian(2.0, 0.5, 100.0, 0.3, gamma=0.5)
-    np.testing.assert_allclose(value, 0.5 * 2.0 + 100.0 * (0.5 - 0.3), rtol=1e-6)
-    g_f, g_r, g_lam = jax.grad(dual.lagrangian, argnums=(0, 1, 2))(2.0, 0.5, 100.0, 0.3)
-    np.testing.assert_allclose([g_f, g_r, g_lam], [1.0, 100.0, 0.5 - 0.3], rtol=1e-6)
+def py_nupi(lams_and_violations, lam0, lr, kp, nu):
+    """νPI as written in Sohrabi et al. (ξ_{-1} = 0), with the projection onto λ >= 0."""
+    lam, xi_prev, out = lam0, 0.0, []
+    for v in lams_and_violations:
+        xi = nu * xi_prev + (1 - nu) * v
+        lam = max(0.0, lam + lr * (v + kp * (xi - xi_prev)))
+        xi_prev = xi
+        out.append(lam)
+    return out
 
 
-def test_dual_update_step_by_step():
-    # Ascent when the constraint is violated, descent when slack.
-    np.testing.assert_allclose(dual.dual_update(100.0, 0.5, 0.3, 5.0), 101.0, rtol=1e-6)
-    np.testing.assert_allclose(dual.dual_update(100.0, 0.1, 0.3, 5.0), 99.0, rtol=1e-6)
-    # Projection at 0: never negative.
-    assert float(dual.dual_update(0.5, 0.0, 0.3, 5.0)) == 0.0
-    assert float(dual.dual_update(0.0, 0.0, 0.3, 5.0)) == 0.0
-    # Upper bound.
-    np.testing.assert_allclose(dual.dual_update(100.0, 10.0, 0.3, 5.0, lam_max=120.0), 120.0)
-    np.testing.assert_allclose(dual.dual_update(100.0, 0.5, 0.3, 5.0, lam_max=120.0), 101.0, rtol=1e-6)
-    # Inactive (warm start): unchanged even when the update would project or clip.
-    assert float(dual.dual_update(100.0, 0.0, 0.3, 1e6, active=False)) == 100.0
-    assert float(dual.dual_update(100.0, 9.0, 0.3, 5.0, active=jnp.array(False), lam_max=1.0)) == 100.0
-    assert dual.dual_update(1.0, 0.5, 0.3, 1.0).dtype == jnp.float32
+VIOLATIONS = [0.4, 0.2, -0.1, -0.5, 0.3, 1.0, -2.0, 0.05]
 
 
-def test_dual_update_does_not_backpropagate_into_retain_loss():
-    g = jax.grad(lambda l_r: dual.dual_update(1.0, l_r, 0.3, 5.0))(0.5)
-    assert float(g) == 0.0
-
-
-def test_sequence_of_updates_matches_python_rule():
-    losses_M = np.array([0.9] * 5 + [1.0] * 4 + [0.0] * 6 + [0.6, 0.2, 0.9, 0.9, 0.1], np.float32)
-    lam, lam_py, seen = jnp.float32(1.0), 1.0, []
-    for k, l_r in enumerate(losses_M):
-        active = k >= 5  # warm start: first 5 updates are skipped
-        lam = dual.dual_update(lam, l_r, 0.5, 1.0, active, lam_max=2.5)
-        lam_py = py_update(lam_py, float(l_r), 0.5, 1.0, active, lam_max=2.5)
-        np.testing.assert_allclose(lam, lam_py, rtol=1e-5, atol=1e-6)
-        seen.append(lam_py)
-    assert seen[4] == 1.0 and 0.0 in seen and 2.5 in seen  # held, projected at 0, clipped at lam_max
+def run_rule(rule, lam0, vs, active=None):
+    st = dual.init(rule, lam0)
+    f = jax.jit(lambda st, v, a: dual.update(rule, st, v, a))
+    out = []
+    for k, v in enumerate(vs):
+        st = f(st, jnp.float32(v), jnp.bool_(True if active is None else active[k]))
+        out.append(float(st.lam))
+    return out
 
 
 @pytest.mark.parametrize("lam_max", [None, 2.5])
-def test_per_microbatch_scan_equals_python_loop(lam_max):
-    rng = np.random.default_rng(1)
-    losses_M = rng.uniform(0.0, 1.2, size=8).astype(np.float32)
-    active_M = np.array([0, 0, 1, 1, 1, 0, 1, 1], bool)
-    lams_M, final = jax.jit(dual.per_microbatch_dual, static_argnames="lam_max")(
-        1.0, losses_M, 0.5, 3.0, active_M, lam_max=lam_max
-    )
-    lam, used = 1.0, []
-    for l_r, act in zip(losses_M, active_M, strict=True):
-        used.append(lam)
-        lam = py_update(lam, float(l_r), 0.5, 3.0, bool(act), lam_max)
-    np.testing.assert_allclose(lams_M, used, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(final, lam, rtol=1e-5, atol=1e-6)
-    assert lams_M[0] == 1.0  # micro-batch 0 uses the incoming lam
+def test_gda_is_the_reference_rule(lam_max):
+    rule = dual.Rule("gda", lr=1.5, lam_max=lam_max)
+    lam, want = 1.0, []
+    for v in VIOLATIONS:
+        lam = py_gda(lam, v, 1.5, lam_max)
+        want.append(lam)
+    np.testing.assert_allclose(run_rule(rule, 1.0, VIOLATIONS), want, rtol=1e-6, atol=1e-6)
 
 
-def test_per_microbatch_scalar_active_and_bad_shape():
-    lams_M, final = dual.per_microbatch_dual(2.0, jnp.array([0.1, 0.2]), 0.3, 1.0, False)
-    np.testing.assert_allclose(lams_M, [2.0, 2.0])
-    assert float(final) == 2.0
-    with pytest.raises(ValueError, match="1-D"):
-        dual.per_microbatch_dual(2.0, jnp.zeros((2, 2)), 0.3, 1.0)
+@pytest.mark.parametrize("kp,nu", [(0.0, 0.0), (5.0, 0.0), (3.0, 0.5)])
+def test_nupi_matches_its_equations(kp, nu):
+    got = run_rule(dual.Rule("pi", lr=0.7, kp=kp, nu=nu), 2.0, VIOLATIONS)
+    np.testing.assert_allclose(got, py_nupi(VIOLATIONS, 2.0, 0.7, kp, nu), rtol=1e-5, atol=1e-6)
+    if kp == 0.0:  # κ_p = 0 is gda exactly
+        np.testing.assert_allclose(got, run_rule(dual.Rule("gda", lr=0.7), 2.0, VIOLATIONS), rtol=1e-6)
 
 
-def test_epoch_update_uses_mean_retain_loss():
-    out = dual.epoch_dual_update(10.0, jnp.array([0.2, 0.4, 0.9]), 0.3, 2.0)
-    np.testing.assert_allclose(out, 10.0 + 2.0 * (0.5 - 0.3), rtol=1e-6)
-    assert float(dual.epoch_dual_update(10.0, jnp.array([0.2]), 0.3, 2.0, active=False)) == 10.0
+def test_pi_reacts_to_a_new_violation_at_once_and_releases_when_feasible():
+    vs = [0.5, 0.5, -0.5, -0.5]
+    gda = run_rule(dual.Rule("gda", lr=1.0), 1.0, vs)
+    pi = run_rule(dual.Rule("pi", lr=1.0, kp=4.0), 1.0, vs)
+    assert pi[0] > gda[0]  # the proportional term adds κ_p·v on the first violation
+    assert pi[2] < gda[2]  # and takes it back as soon as the constraint holds
 
 
-def test_warm_start_gate_matches_reference_callback():
-    # Reference: updates are enabled at the end of epoch e (1-based) once e >= W, i.e. after W epochs.
-    assert [bool(dual.dual_active(e, 5)) for e in range(8)] == [False] * 5 + [True] * 3
-    assert bool(dual.dual_active(0, 0))
+def test_inactive_updates_leave_the_whole_state_untouched():
+    rule = dual.Rule("pi", lr=1.0, kp=2.0, nu=0.3)
+    active = [False, False, True, False, True, True, True, True]
+    got = run_rule(rule, 1.0, VIOLATIONS, active)
+    want = py_nupi([v for v, a in zip(VIOLATIONS, active, strict=True) if a], 1.0, 1.0, 2.0, 0.3)
+    assert got[:2] == [1.0, 1.0]
+    np.testing.assert_allclose([g for g, a in zip(got, active, strict=True) if a], want, rtol=1e-5)
 
 
-def test_jit_compiles_once_for_new_lam_eps_lr_active():
+def test_lagrangian_value_and_gradients():
+    gda = dual.Rule("gda")
+    value = dual.lagrangian(gda, 2.0, 0.5, 100.0, 0.3, forget_weight=0.5)
+    np.testing.assert_allclose(value, 0.5 * 2.0 + 100.0 * (0.5 - 0.3), rtol=1e-6)
+    g_f, g_r = jax.grad(lambda f, r: dual.lagrangian(gda, f, r, 100.0, 0.3), argnums=(0, 1))(2.0, 0.5)
+    np.testing.assert_allclose([g_f, g_r], [1.0, 100.0], rtol=1e-6)
+    g_lam = jax.grad(lambda lam: dual.lagrangian(gda, 2.0, 0.5, lam, 0.3))(3.0)
+    assert float(g_lam) == 0.0  # λ is a dual variable: the primal gradient never moves it
+
+
+@pytest.mark.parametrize("lam,l_r", [(2.0, 0.8), (2.0, 0.1), (0.0, 0.1), (0.5, -3.0)])
+def test_augmented_lagrangian_gradient_is_the_shifted_multiplier(lam, l_r):
+    rule = dual.Rule("alm", rho=4.0)
+    eps = 0.3
+    g_r = jax.grad(lambda r: dual.lagrangian(rule, 1.0, r, lam, eps))(l_r)
+    want = max(0.0, lam + 4.0 * (l_r - eps))  # PHR: ∂ψ/∂L_r = [λ + ρ v]₊
+    np.testing.assert_allclose(g_r, want, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(dual.effective_multiplier(rule, lam, l_r - eps), want, rtol=1e-6, atol=1e-6)
+    value = dual.lagrangian(rule, 1.0, l_r, lam, eps)
+    np.testing.assert_allclose(value, 1.0 + (max(0.0, lam + 4 * (l_r - eps)) ** 2 - lam**2) / 8, rtol=1e-5)
+
+
+def test_one_compile_for_any_lambda_and_violation():
     traces = []
+    rule = dual.Rule("pi", lr=1.0, kp=2.0)
 
-    def step(lam, l_r, eps, lr, active):
-        traces.append(1)  # Python side effect: runs once per trace
-        return dual.dual_update(lam, l_r, eps, lr, active, lam_max=50.0)
+    def step(st, v, a):
+        traces.append(1)
+        return dual.update(rule, st, v, a)
 
     f = jax.jit(step)
-    lam = jnp.float32(1.0)
-    for k, (eps, lr) in enumerate([(0.3, 1.0), (0.5, 2.0), (0.1, 5.0), (1.5, 0.5)]):
-        lam = f(lam, jnp.float32(0.4 + 0.1 * k), jnp.float32(eps), jnp.float32(lr), jnp.bool_(k % 2 == 0))
+    st = dual.init(rule, 3.0)
+    for k in range(4):
+        st = f(st, jnp.float32(0.1 * k - 0.2), jnp.bool_(k % 2 == 0))
     assert len(traces) == 1
-    assert f._cache_size() == 1
 
 
 def test_eps_from_reference():
@@ -124,25 +128,46 @@ def test_eps_from_reference():
             dual.eps_from_reference(0.2, bad_alpha)
 
 
-def test_validate_dual_config():
-    for mode in dual.DUAL_MODES:
-        dual.validate_dual_config(0.3, 5.0, 100.0, None, mode)
-    dual.validate_dual_config(0.3, 0.0, 0.0, 1000.0, "step")
+def test_validate_names_the_bad_key():
+    base = config_base.unlearn_config().dual
+    for rule in dual.RULES:
+        for mode in dual.MODES:
+            d = ml_collections.ConfigDict(base.to_dict())
+            d.rule, d.mode = rule, mode
+            dual.validate(d)
     cases = [
-        (dict(eps=0.0), "eps"),
-        (dict(eps=-1.0), "eps"),
-        (dict(eps=math.nan), "eps"),
-        (dict(eps=math.inf), "eps"),
-        (dict(lr=-1.0), "step size"),
-        (dict(lr=math.nan), "step size"),
-        (dict(lam0=-0.5), "lam0"),
-        (dict(lam0=math.inf), "lam0"),
-        (dict(lam_max=0.0), "lam_max"),
-        (dict(lam_max=math.nan), "lam_max"),
-        (dict(lam_max=50.0), "below lam0"),
-        (dict(mode="sometimes"), "mode"),
+        (dict(eps=0.0), "dual.eps"),
+        (dict(eps=math.nan), "dual.eps"),
+        (dict(lr=-1.0), "dual.lr"),
+        (dict(lam0=-0.5), "dual.lam0"),
+        (dict(lam0=math.inf), "dual.lam0"),
+        (dict(kp=-1.0), "dual.kp"),
+        (dict(rho=0.0), "dual.rho"),
+        (dict(nu=1.0), "dual.nu"),
+        (dict(lam_max=0.0), "dual.lam_max"),
+        (dict(lam_max=50.0), "below dual.lam0"),
+        (dict(mode="sometimes"), "dual.mode"),
+        (dict(rule="adam"), "dual.rule"),
+        (dict(eps_alpha=0.2), "not both"),
     ]
-    base = dict(eps=0.3, lr=5.0, lam0=100.0, lam_max=None, mode="step")
     for change, msg in cases:
+        d = ml_collections.ConfigDict(base.to_dict())
+        d.update(change)
         with pytest.raises(ValueError, match=msg):
-            dual.validate_dual_config(**{**base, **change})
+            dual.validate(d)
+
+
+@pytest.mark.parametrize(
+    "key,right",
+    [
+        ("lam0", "lam0"),
+        ("dual_lr", "lr"),
+        ("retain_loss_eps", "eps"),
+        ("dual_warmup_epochs", "warmup_epochs"),
+    ],
+)
+def test_dual_settings_in_method_args_name_the_right_key(key, right):
+    cfg = config_base.unlearn_config()
+    cfg.method_args[key] = 1.0
+    with pytest.raises(ValueError, match=rf"--config\.dual\.{right}="):
+        train.validate_config(cfg, "unlearn")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TOFU_DIR
+from conftest import TOFU_FIXTURES
 from conftest_tokenizer import make_tokenizer
 from flax import nnx
 
@@ -34,8 +34,8 @@ RUN2_METRICS = (
     "forget_truth_ratio",
     "mia_min_k",
 )
-TOFU_OVERRIDES = dict(  # few distinct shapes: few compiles
-    data_dir=str(TOFU_DIR),
+TOFU_OVERRIDES = dict(  # few distinct shapes: few compiles; TOFU-format fixtures (tests/fixtures/tofu)
+    data_dir=str(TOFU_FIXTURES),
     max_items=N,
     max_new_tokens=6,
     bucket_multiple=64,
@@ -114,7 +114,7 @@ def test_tofu_files_names_and_layout(tofu_runs):
         "ground_truth",
         "generation",
     }
-    row = D.load_qa(TOFU_DIR, "forget01_perturbed")[0]
+    row = D.load_qa(TOFU_FIXTURES, "forget01_perturbed")[0]
     assert rouge["ground_truth"] == row["answer"] and row["question"] in rouge["input"]
     assert np.isclose(
         logs["forget_Q_A_ROUGE"]["agg_value"],
@@ -165,7 +165,7 @@ def _direct_logp(model, item, mask=None):
 def test_probabilities_equal_direct_computation(tofu_runs):
     root, model, tok = tofu_runs
     logs = _read(root / "run1" / "TOFU_EVAL.json")
-    row = D.load_qa(TOFU_DIR, "forget01_perturbed")[0]
+    row = D.load_qa(TOFU_FIXTURES, "forget01_perturbed")[0]
     enc = lambda a: D.encode_qa(tok, row["question"], a, "chat")  # noqa: E731
     lp = _direct_logp(model, enc(row["answer"]))
     assert logs["forget_Q_A_Prob"]["value_by_index"]["0"]["prob"] == pytest.approx(
@@ -186,7 +186,7 @@ def test_probabilities_equal_direct_computation(tofu_runs):
 def test_gradnorm_is_exact_per_sample(tofu_runs):
     root, model, tok = tofu_runs
     logs = _read(root / "run1" / "TOFU_EVAL.json")
-    row = D.load_qa(TOFU_DIR, "holdout01")[1]
+    row = D.load_qa(TOFU_FIXTURES, "holdout01")[1]
     item = D.encode_qa(tok, row["question"], row["answer"], "chat")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     ids, labels = jnp.asarray([item["input_ids"]]), jnp.asarray([item["labels"]])
@@ -202,7 +202,7 @@ def test_gradnorm_length_buckets_change_no_score():
     with None for an item that has no MIA positions."""
     tok = make_tokenizer("llama3")
     model = _tiny(tok, seed=2)
-    rows = D.load_qa(TOFU_DIR, "holdout01")[:4]
+    rows = D.load_qa(TOFU_FIXTURES, "holdout01")[:4]
     items = [D.encode_qa(tok, r["question"], r["answer"][: 20 + 40 * i], "chat") for i, r in enumerate(rows)]
     items.append(dict(items[0], labels=[-100] * (len(items[0]["labels"]) - 1) + [7]))  # one target: no score
     lengths = {F.round_up(len(it["input_ids"]), 16) for it in items}
@@ -303,13 +303,14 @@ def test_bad_configs_fail_clearly():
 
 def test_subsets_select_rows_of_single_sets():
     cfg = tofu.default_config()
-    cfg.data_dir = str(TOFU_DIR)
-    cfg.subsets = "retain=0:80:4;ra=0:100:5;wf=3"
+    cfg.data_dir = str(TOFU_FIXTURES)  # 8 forget / retain_perturbed / holdout rows, 6 real authors / facts
+    whole = tofu.load_sets(cfg, {"retain", "ra", "wf", "forget", "holdout"})
+    cfg.subsets = "retain=0:8:2;ra=0:6:2;wf=3"
     rows = tofu.load_sets(cfg, {"retain", "ra", "wf", "forget", "holdout"})
-    full = tofu.load_sets(tofu.default_config(), {"retain", "ra", "wf", "forget", "holdout"})
-    assert [r["question"] for r in rows["retain"]] == [full["retain"][i]["question"] for i in range(0, 80, 4)]
-    assert len(rows["ra"]) == 20 and rows["wf"] == [full["wf"][3]]
-    assert rows["forget"] == full["forget"] and len(rows["holdout"]) == 40  # untouched sets stay whole
+    assert [r["question"] for r in rows["retain"]] == [whole["retain"][i]["question"] for i in range(0, 8, 2)]
+    assert len(rows["ra"]) == 3 and rows["ra"] == whole["ra"][0:6:2] and rows["wf"] == [whole["wf"][3]]
+    assert rows["forget"] == whole["forget"] and rows["holdout"] == whole["holdout"]  # untouched: whole
+    assert len(rows["holdout"]) == 8
     for bad, msg in (
         ("retian=0:4", "not 'set=rows'"),
         ("retain=0:4:0", "step"),
@@ -319,5 +320,5 @@ def test_subsets_select_rows_of_single_sets():
         with pytest.raises(ValueError, match=msg):
             tofu.validate(cfg)
     cfg.subsets = "ra=0:5,150"  # python slices clamp; single rows must exist
-    with pytest.raises(ValueError, match="exceeds the 100 items"):
+    with pytest.raises(ValueError, match="exceeds the 6 items"):
         tofu.load_sets(cfg, {"ra"})

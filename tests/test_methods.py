@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cel_jax import methods
+from cel_jax import dual, methods
 from cel_jax.losses import IGNORE
 
 B, T, V, D = 3, 8, 128, 16  # V >= 100 so the reference's index wrap at label -100 is defined
@@ -442,7 +442,7 @@ def test_registry_names_fields_and_defaults():
         2.0,
         7,
     )
-    assert d["pdu"]["eps"] is None and d["pdu"]["gamma"] == 1.0 and d["pdu"]["dual_warmup_epochs"] == 5
+    assert d["pdu"]["gamma"] == 1.0 and not set(d["pdu"]) & set(dual.METHOD_ARG_ALIASES)  # dual: cfg.dual
     m = methods.METHODS
     assert m["idk_dpo"].needs_idk and not m["npo"].needs_idk
     assert m["rmu"].needs_hidden_layer == 7 and m["pdu"].needs_hidden_layer is None

@@ -117,6 +117,7 @@ def small_env(tmp_path, monkeypatch):
     monkeypatch.setenv("CEL_JAX_RESULTS_DIR", str(_fake_results(tmp_path / "results")))
     monkeypatch.setenv("MPLBACKEND", "Agg")
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # TOFU from the fixtures or $CEL_JAX_TOFU_DIR, never the hub
     return tmp_path / "work"
 
 
@@ -143,6 +144,26 @@ def test_results_notebook_reads_the_repository_results(small_env, monkeypatch):
     """Whatever the benchmarks committed under results/ (possibly nothing) must not break the notebook."""
     monkeypatch.delenv("CEL_JAX_RESULTS_DIR")
     assert "NOTEBOOK OK: results" in _execute("results")
+
+
+def test_notebooks_read_tofu_from_the_fixtures_the_env_or_the_hub(monkeypatch):
+    """Small mode (the tests) reads the repository's TOFU-format fixtures, full mode the hub;
+    $CEL_JAX_TOFU_DIR wins in both. Nothing outside the repository is read."""
+    import importlib.util
+
+    def small_module(small: str):
+        monkeypatch.setenv("CEL_JAX_NOTEBOOK_SMALL", small)
+        spec = importlib.util.spec_from_file_location("_small_under_test", NB_DIR / "_small.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    monkeypatch.delenv("CEL_JAX_TOFU_DIR", raising=False)
+    fixtures = NB_DIR.parent / "tests" / "fixtures" / "tofu"
+    assert small_module("1").TOFU == str(fixtures) and (fixtures / "forget01.jsonl").is_file()
+    assert small_module("0").TOFU == "locuslab/TOFU"
+    monkeypatch.setenv("CEL_JAX_TOFU_DIR", "/data/tofu")
+    assert small_module("1").TOFU == small_module("0").TOFU == "/data/tofu"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)

@@ -5,7 +5,7 @@ stages instead of starting them."""
 import json
 
 import pytest
-from conftest import TOFU_DIR
+from conftest import TOFU_FIXTURES
 from tiny_model import make_tiny_model_dir
 
 from bench import tofu_full
@@ -19,7 +19,7 @@ def _args(root, model, *extra):
             "--smoke",
             "--splits=forget01",
             f"--model={model}",
-            f"--data={TOFU_DIR}",
+            f"--data={TOFU_FIXTURES}",  # TOFU-format fixtures (tests/fixtures/tofu)
             f"--workdir={root / 'work'}",
             f"--out={root / 'out'}",
             "--batch=8",

@@ -6,7 +6,7 @@ import types
 from pathlib import Path
 
 import pytest
-from conftest import TOFU_DIR
+from conftest import TOFU_FIXTURES
 from tiny_model import make_tiny_model_dir
 
 from bench import tofu_mini
@@ -20,17 +20,29 @@ TINY = dict(
 )
 
 
+# The TOFU-format fixtures (tests/fixtures/tofu): 24 rows of `full`, forget01 = its last 8 (real TOFU:
+# 4000 rows, forget01 = rows 3960:4000, tofu_mini.FORGET_ROWS).
+FIXTURE_FORGET_ROWS = "16:24"
+N_FORGET = 8
+
+
+@pytest.fixture
+def fixture_data(monkeypatch):
+    monkeypatch.setattr(tofu_mini, "FORGET_ROWS", FIXTURE_FORGET_ROWS)
+    monkeypatch.setitem(tofu_mini.PRESETS, "tiny", TINY)
+    return str(TOFU_FIXTURES)
+
+
 @pytest.fixture(scope="module")
 def mini(tmp_path_factory):
     root = tmp_path_factory.mktemp("tofu_mini")
     model = make_tiny_model_dir(root / "tiny")
-    tofu_mini.PRESETS["tiny"] = TINY
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tofu_mini, "FORGET_ROWS", FIXTURE_FORGET_ROWS)
+        mp.setitem(tofu_mini.PRESETS, "tiny", TINY)
         res = tofu_mini.run(
-            "tiny", root / "work", root / "out", ["pdu", "grad_diff"], str(model), str(TOFU_DIR)
+            "tiny", root / "work", root / "out", ["pdu", "grad_diff"], str(model), str(TOFU_FIXTURES)
         )
-    finally:
-        del tofu_mini.PRESETS["tiny"]
     return root, res
 
 
@@ -52,7 +64,8 @@ def test_every_stage_and_the_report(mini):
     # the retain model has no retain logs of its own: forget_quality is missing, never invented
     assert res["rows"]["retain"]["summary"]["forget_quality"] is None
     pdu = res["curves"]["pdu"]
-    assert len(pdu["dual"]) == 10 and pdu["dual"][0] == 100.0  # forget01: 40 rows / 8 per step x 2 epochs
+    # forget01: N_FORGET rows / 8 per step x 2 epochs
+    assert len(pdu["dual"]) == N_FORGET // 8 * 2 and pdu["dual"][0] == 100.0
     assert not pdu["dual_active"][0] and pdu["dual_active"][-1]  # one warm-start epoch with λ fixed
     assert set(res["plots"]) == {"fq_vs_mu.png", "pdu_dual.png", "forget_loss_curves.png"}
     saved = json.loads((out / "results.json").read_text())
@@ -61,13 +74,9 @@ def test_every_stage_and_the_report(mini):
     assert "PDU (logit margin, primal-dual)" in md and "forget_quality" in md
 
 
-def test_rerun_is_cached(mini):
+def test_rerun_is_cached(mini, fixture_data):
     root, res = mini
-    tofu_mini.PRESETS["tiny"] = TINY
-    try:
-        again = tofu_mini.run("tiny", root / "work", root / "out2", ["pdu"], "unused-model", str(TOFU_DIR))
-    finally:
-        del tofu_mini.PRESETS["tiny"]
+    again = tofu_mini.run("tiny", root / "work", root / "out2", ["pdu"], "unused-model", fixture_data)
     assert again["rows"]["pdu"]["summary"] == res["rows"]["pdu"]["summary"]
     # the recorded command regenerates this table: its own work dir and output folder, its methods
     assert f"--workdir {(root / 'work').resolve()}" in again["command"]
@@ -76,13 +85,13 @@ def test_rerun_is_cached(mini):
 
 def test_bad_input_before_work(tmp_path):
     with pytest.raises(ValueError, match="unknown methods"):
-        tofu_mini.run("mini", tmp_path, tmp_path, ["pdu", "nope"], "m", str(TOFU_DIR))
+        tofu_mini.run("mini", tmp_path, tmp_path, ["pdu", "nope"], "m", str(TOFU_FIXTURES))
     with pytest.raises(ValueError, match="unknown preset"):
-        tofu_mini.run("huge", tmp_path, tmp_path, ["pdu"], "m", str(TOFU_DIR))
+        tofu_mini.run("huge", tmp_path, tmp_path, ["pdu"], "m", str(TOFU_FIXTURES))
     with pytest.raises(FileNotFoundError, match="full.jsonl"):
         tofu_mini.run("mini", tmp_path, tmp_path, ["pdu"], "m", str(tmp_path))
     with pytest.raises(ValueError, match="ft_epochs must be positive"):
-        tofu_mini.run("mini", tmp_path, tmp_path, ["pdu"], "m", str(TOFU_DIR), ft_epochs=0)
+        tofu_mini.run("mini", tmp_path, tmp_path, ["pdu"], "m", str(TOFU_FIXTURES), ft_epochs=0)
     assert not list(tmp_path.iterdir())
 
 
@@ -91,7 +100,7 @@ def test_every_method_config_is_valid(name):
     """Each table entry's config passes the engine's checks (no model is loaded)."""
     from cel_jax import train
 
-    c = tofu_mini.unlearn_cfg(tofu_mini.PRESETS["mini"], "target", str(TOFU_DIR), name)
+    c = tofu_mini.unlearn_cfg(tofu_mini.PRESETS["mini"], "target", str(TOFU_FIXTURES), name)
     c.batch_size = 8  # a multiple of the 8 fake test devices
     train.validate_config(c, "unlearn")
     spec = train.make_spec(c, types.SimpleNamespace(n_layers=30, d_model=576), "unlearn")

@@ -2,7 +2,9 @@
 
 Items are dicts of Python int lists: `input_ids`, `labels` (IGNORE on prompt tokens), plus `answer`
 (the target text) for generation items. Chat-template and tag-template (base model) paths; MUSE
-pretraining chunks and prefix/completion items. See ../shared/reference/evaluation.md §1.2.
+pretraining chunks and prefix/completion items. The reference: open-unlearning's `src/data/utils.py`
+(`preprocess_chat_instance`, `preprocess_pretraining_instance`) with the template arguments of its
+`configs/model/*.yaml`; deliberate differences are listed in docs/differences.md.
 """
 
 import dataclasses

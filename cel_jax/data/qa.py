@@ -1,15 +1,23 @@
 """Loading and validating QA sets (TOFU layout) and MUSE text sets; rows are plain dicts.
 
-Sources: a local folder of JSON/JSONL files (file name = config name, e.g. `../shared/data/tofu`, or
-`<folder>/<config>/<split>.jsonl` for the MUSE layout), a single `.json`/`.jsonl` file, a
-`datasets.Dataset`/`DatasetDict`, a list of dicts, or a hub name such as "locuslab/TOFU" (loaded with
-`datasets.load_dataset`; this is the only place that can touch the network).
+Sources: a local folder of JSON/JSONL files (file name = config name, e.g. a copy of TOFU with
+`forget01.jsonl`, `retain99.jsonl`, ..., or `<folder>/<config>/<split>.jsonl` for the MUSE layout), a single
+`.json`/`.jsonl` file, a `datasets.Dataset`/`DatasetDict`, a list of dicts, or a hub name such as
+"locuslab/TOFU" (loaded with `datasets.load_dataset` and cached by `datasets`; this is the only place that
+can touch the network). `$CEL_JAX_TOFU_DIR` names a local copy of TOFU: when set, the source
+"locuslab/TOFU" reads that folder instead of the hub (unless `hub=True`).
+Errors name the source and the row: `<file>, line N` (1-based line of the file) for JSON-lines files,
+`<source>, row i` (0-based index, as in the `*_rows` selections) for every other source.
 """
 
+import functools
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping
+import socket
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +55,23 @@ DEMO_SPLITS = {
     "forget_perturbed": "demo_forget",
     "retain_perturbed": "demo_retain_perturbed",
 }
+
+
+TOFU_HUB = "locuslab/TOFU"  # the hub dataset (one config per file of the local layout, split "train")
+TOFU_ENV = "CEL_JAX_TOFU_DIR"  # a local folder of TOFU JSONL files (forget01.jsonl, full.jsonl, ...)
+
+
+def tofu_dir() -> Path | None:
+    """The local TOFU folder named by `$CEL_JAX_TOFU_DIR`, or None when the variable is unset or empty.
+    When set, the loaders read the source "locuslab/TOFU" from it (the default of every TOFU config)."""
+    value = os.environ.get(TOFU_ENV, "").strip()
+    return Path(value).expanduser() if value else None
+
+
+def tofu_source() -> str:
+    """Where TOFU is read by default: `$CEL_JAX_TOFU_DIR` when set, else the hub dataset locuslab/TOFU."""
+    local = tofu_dir()
+    return str(local) if local is not None else TOFU_HUB
 
 
 def tofu_splits(forget_split: str) -> dict[str, str]:
@@ -100,8 +125,8 @@ def load_qa(
     fields = dict(SCHEMAS[schema]) if isinstance(schema, str) else dict(schema)
     for f in extra_fields:
         fields.setdefault(f, str)
-    rows, origin = load_rows(source, config, split, hub=hub)
-    validate_rows(rows, fields, origin)
+    rows, origin, lines = _load_located(source, config, split, hub)
+    validate_rows(rows, fields, origin, lines=lines)
     return rows
 
 
@@ -124,23 +149,33 @@ def load_muse(source: Any, config: str, split: str, *, hub: bool | None = None) 
 
 def load_rows(source: Any, config: str | None, split: str, *, hub: bool | None = None) -> tuple[list, str]:
     """Raw rows and a human description of where they came from (for error messages)."""
+    rows, origin, _ = _load_located(source, config, split, hub)
+    return rows, origin
+
+
+def _load_located(
+    source: Any, config: str | None, split: str, hub: bool | None
+) -> tuple[list, str, list | None]:
+    """Raw rows, their origin, and each row's 1-based file line (JSON-lines files; else None)."""
     if isinstance(source, list | tuple):
-        return list(source), "<list of rows>"
+        return list(source), "<list of rows>", None
     if _is_hf_dataset(source):
-        return _rows_from_dataset(source, split), f"<datasets object, split {split!r}>"
+        return _rows_from_dataset(source, split), f"<datasets object, split {split!r}>", None
     if not isinstance(source, str | os.PathLike):
         raise ValueError(f"unsupported data source of type {type(source).__name__}")
+    named = ""
+    if hub is None and str(source).strip().lower() == TOFU_HUB.lower() and tofu_dir() is not None:
+        source, named = tofu_dir(), f" (the local copy of {TOFU_HUB} named by {TOFU_ENV})"
     path = Path(os.path.expanduser(str(source)))
-    if hub is True or (hub is None and not path.exists() and _looks_like_hub_name(str(source))):
-        return _load_hub(str(source), config, split), f"hub:{source}/{config}/{split}"
+    if hub is True or (hub is None and not named and not path.exists() and _looks_like_hub_name(str(source))):
+        return _load_hub(str(source), config, split), f"hub:{source}/{config}/{split}", None
     if not path.exists():
-        raise FileNotFoundError(f"data source {str(source)!r} does not exist")
+        raise FileNotFoundError(f"data source {str(source)!r}{named} does not exist")
     if path.is_file():
-        return read_json_rows(path), str(path)
+        return _read_file(path)
     if config is None:
         raise ValueError(f"data source {str(path)!r} is a folder: give a config name (e.g. 'forget01')")
-    file = resolve_config_file(path, config, split)
-    return read_json_rows(file), str(file)
+    return _read_file(resolve_config_file(path, config, split))
 
 
 def resolve_config_file(folder: Path, config: str, split: str) -> Path:
@@ -159,15 +194,24 @@ def resolve_config_file(folder: Path, config: str, split: str) -> Path:
 
 def read_json_rows(path: Path) -> list:
     """A JSON array of objects, or JSON lines (blank lines skipped); errors name file and line."""
-    text = Path(path).read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
+    return _read_json_lines(Path(path))[0]
+
+
+def _read_file(path: Path) -> tuple[list, str, list | None]:
+    rows, lines = _read_json_lines(path)
+    return rows, str(path), lines
+
+
+def _read_json_lines(path: Path) -> tuple[list, list[int] | None]:
+    """Rows of a JSON array file (lines None), or of a JSON-lines file with each row's 1-based line."""
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}: invalid JSON: {e}") from None
-        return list(data)
-    rows = []
+        return list(data), None
+    rows, lines = [], []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -175,7 +219,8 @@ def read_json_rows(path: Path) -> list:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}, line {lineno}: invalid JSON: {e.msg}") from None
-    return rows
+        lines.append(lineno)
+    return rows, lines
 
 
 def _is_hf_dataset(obj: Any) -> bool:
@@ -195,22 +240,115 @@ def _looks_like_hub_name(name: str) -> bool:
 
 
 def _load_hub(name: str, config: str | None, split: str) -> list[dict]:
+    """`datasets.load_dataset` (cached by datasets). Without network (the hub's host name does not resolve)
+    datasets runs in its offline mode: a cached copy loads, a missing one fails at once instead of retrying
+    for ~25 s. Failing to reach the hub raises one FileNotFoundError that says how to use a local folder."""
     import datasets  # lazy: only when the user asked for the hub
 
-    return datasets.load_dataset(name, config, split=split).to_list()
+    offline = not _hub_reachable()
+    try:
+        with _hub_offline_mode(offline):
+            return datasets.load_dataset(name, config, split=split).to_list()
+    except Exception as e:
+        if not _is_connection_error(e):
+            raise
+        why = f"no network: {_hub_host()} does not resolve" if offline else _first_line(e)
+        raise FileNotFoundError(_offline_message(name, config, split, why)) from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def _offline_message(name: str, config: str | None, split: str, why: str) -> str:
+    """One line: what could not be loaded, why, and how to point at a local folder instead."""
+    what = f"{name!r}" + (f" config {config!r}" if config else "") + f" split {split!r}"
+    tofu = name.lower() == TOFU_HUB.lower()
+    where = "/path/to/tofu" if tofu else "/path/to/folder"
+    example = f"{where}/{config or '<config>'}.jsonl"
+    env = f", or set {TOFU_ENV}={where} (both)" if tofu else ""
+    return (
+        f"cannot load {what} from the Hugging Face hub and the datasets cache has no copy ({why}); "
+        f"use a local folder of JSON-lines files named after the configs ({example}): "
+        f"--config.data.source={where} (unlearn, finetune), --config.data_dir={where} (eval){env}"
+    )
+
+
+_NET_ERROR_NAMES = {"OfflineModeIsEnabled", "LocalEntryNotFoundError", "ConnectError", "ConnectTimeout"}
+
+
+def _is_connection_error(e: BaseException) -> bool:
+    """ConnectionError / TimeoutError, or the hub's and HTTP clients' own "could not connect" errors."""
+    if isinstance(e, ConnectionError | TimeoutError):
+        return True
+    return any(c.__name__ in _NET_ERROR_NAMES for c in type(e).__mro__)
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable() -> bool:
+    """False when the hub's host name does not resolve (no network): one cheap DNS query per process.
+    With a proxy configured the proxy resolves names, so the hub counts as reachable."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = _hub_host()
+    if not host:
+        return True
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _hub_host() -> str | None:
+    return urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+
+
+@contextmanager
+def _hub_offline_mode(offline: bool) -> Iterator[None]:
+    """datasets' and huggingface_hub's offline switches (what HF_HUB_OFFLINE=1 sets at import) while
+    loading, restored afterwards."""
+    if not offline:
+        yield
+        return
+    import datasets.config
+    import huggingface_hub.constants
+
+    saved = [
+        (m, m.HF_HUB_OFFLINE)
+        for m in (datasets.config, huggingface_hub.constants)
+        if hasattr(m, "HF_HUB_OFFLINE")
+    ]
+    try:
+        for m, _ in saved:
+            m.HF_HUB_OFFLINE = True
+        yield
+    finally:
+        for m, v in saved:
+            m.HF_HUB_OFFLINE = v
 
 
 # ---------------------------------------------------------------------------------------------------
 # Validation
 
 
-def validate_rows(rows: list, fields: Mapping[str, type], origin: str) -> None:
-    """Raises ValueError naming the source, row and field of the first problem found."""
+def validate_rows(
+    rows: list, fields: Mapping[str, type], origin: str, *, lines: Sequence[int] | None = None
+) -> None:
+    """Raises ValueError naming the source, row and field of the first problem found.
+
+    `lines`: each row's 1-based line in the file `origin` (JSON-lines files): the errors say `line N`;
+    without it they say `row i` with the 0-based index of the row.
+    """
     if len(rows) == 0:
         raise ValueError(f"{origin}: the data set is empty")
+    locate: Callable[[int], str] = (
+        (lambda i: f"line {lines[i]}") if lines is not None else (lambda i: f"row {i}")
+    )
     n_lists: dict[str, tuple[int, int]] = {}  # field -> (row of first list, its length)
     for i, row in enumerate(rows):
-        where = f"{origin}, row {i}"
+        where = f"{origin}, {locate(i)}"
         if not isinstance(row, Mapping):
             raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
         for name, kind in fields.items():
@@ -226,8 +364,8 @@ def validate_rows(rows: list, fields: Mapping[str, type], origin: str) -> None:
                 for j, v in enumerate(value):
                     if not isinstance(v, str) or not v.strip():
                         raise ValueError(f"{where}: field {name!r}[{j}] must be a non-empty string")
-                first = n_lists.setdefault(name, (i, len(value)))
-                if len(value) != first[1]:
+                first, n_first = n_lists.setdefault(name, (i, len(value)))
+                if len(value) != n_first:
                     raise ValueError(
-                        f"{where}: field {name!r} has {len(value)} entries but row {first[0]} has {first[1]}"
+                        f"{where}: field {name!r} has {len(value)} entries but {locate(first)} has {n_first}"
                     )

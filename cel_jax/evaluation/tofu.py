@@ -4,14 +4,16 @@ Each forward result is computed once and shared: the forget set's answer statist
 every MIA score, exact_memorization and extraction_strength; paraphrased / perturbed answers of one
 question share the prompt's KV prefix (`forward.group_stats`); all ROUGE sets are generated in one job.
 Question field (`question_key`) as OU: forget and retain sets; holdout, real authors and world facts always
-use `question`. Metric definitions: ../shared/reference/evaluation.md §2.
+use `question`. Metric definitions: open-unlearning's `src/evals/metrics/` and its
+`configs/eval/tofu_metrics/*.yaml`; deliberate differences are listed in docs/differences.md.
+Data (`data_dir`): a local folder of TOFU JSONL files (one per config: forget01.jsonl, ...) or the hub
+dataset locuslab/TOFU (cached by `datasets`); the default is `$CEL_JAX_TOFU_DIR` when set, else the hub.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -67,18 +69,13 @@ _MIA_TOKEN = ("mia_loss", "mia_zlib", "mia_min_k", "mia_min_k_plus_plus", "privl
 _UTILITY_SETS = {"retain", "gen:retain", "ra", "gen:ra", "wf", "gen:wf"}
 
 
-def _repo_data_dir() -> str:
-    local = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tofu"
-    return str(local) if local.is_dir() else "locuslab/TOFU"
-
-
 def default_config() -> ml_collections.ConfigDict:
     """Defaults of `cel-jax eval --config=configs/eval/tofu.py` and of `evaluate_tofu`."""
     c = ml_collections.ConfigDict()
     c.benchmark = "tofu"
     c.model = "smollm2-135m-instruct"  # HF folder, hub name or alias (CLI only)
     c.dtype = "float32"  # compute dtype of the model (CLI only); committed numbers use float32
-    c.data_dir = _repo_data_dir()  # local folder of <config>.jsonl files, or the hub name "locuslab/TOFU"
+    c.data_dir = D.tofu_source()  # folder of <config>.jsonl files or "locuslab/TOFU"; $CEL_JAX_TOFU_DIR
     c.forget_split = "forget01"
     c.holdout_split = config_dict.placeholder(str)  # None: the one that goes with forget_split (holdout01)
     c.question_key = "question"  # or "paraphrased_question" (forget and retain sets, as OU)

@@ -1,0 +1,81 @@
+"""The model to unlearn from, made in the same command when asked: `cfg.target.finetune` first teaches
+`cfg.model.name_or_path` the `cfg.target.split` rows (a fine-tuning run), once; later runs with the
+same settings reuse it from `$CEL_JAX_CACHE/targets/<key>/model`.
+
+This is how the README's main job starts from a model that knows the demo people: the embedded
+SmolLM2 never saw them, so unlearning them from it could only show damage, never forgetting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+TARGET_KEYS = ("split", "epochs", "lr", "batch_size", "grad_accum", "warmup_epochs")
+
+
+def finetune_config(cfg):
+    """The fine-tuning run's config: the unlearning run's model and data format, `cfg.target`'s recipe."""
+    from cel_jax import config_base
+
+    t = cfg.target
+    ft = config_base.finetune_config()
+    ft.model = cfg.model.to_dict()
+    ft.data = cfg.data.to_dict()
+    ft.data.train_split = t.split
+    ft.data.train_rows = ""
+    ft.epochs = int(t.epochs)
+    ft.batch_size = int(t.batch_size)
+    ft.grad_accum = int(t.get("grad_accum", 1))
+    ft.optim.lr = float(t.lr)
+    ft.optim.warmup_epochs = float(t.get("warmup_epochs", 0.0))
+    ft.mesh = cfg.mesh.to_dict()
+    ft.seed = cfg.seed
+    ft.ckpt.every = 10**9  # one short run: no checkpoint but the final one, deleted once exported
+    ft.ckpt.keep = 1
+    ft.ckpt.async_save = False
+    return ft
+
+
+def cache_key(ft, model_folder: Path) -> str:
+    """A hash of everything that decides the fine-tuned weights (recipe, data, base model files)."""
+    base = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in model_folder.iterdir())
+    blob = json.dumps({"config": ft.to_dict(), "base": base, "folder": str(model_folder)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def ensure_target(cfg) -> str:
+    """`cfg.model.name_or_path`, or the cached fine-tuned model when `cfg.target.finetune` is on."""
+    t = cfg.get("target")
+    if t is None or not t.get("finetune", False):
+        return cfg.model.name_or_path
+    from cel_jax import embedded, hf_io, train
+
+    ft = finetune_config(cfg)
+    train.validate_config(ft, "finetune")
+    base = hf_io.resolve(cfg.model.name_or_path)
+    key = cache_key(ft, Path(base))
+    home = embedded.cache_dir() / "targets" / key
+    model_dir = home / "model"
+    if (model_dir / "config.json").exists():
+        print(f"target: reusing the fine-tuned model {model_dir}")
+        return str(model_dir)
+    print(f"target: teaching {cfg.model.name_or_path} the {t.split!r} rows first ({t.epochs} epochs; cached)")
+    run_dir = home / "run"
+    train.run(ft, str(run_dir), "finetune")
+    _free()
+    shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
+    (run_dir / "model").rename(model_dir)  # the marker of a finished target: written last
+    return str(model_dir)
+
+
+def _free() -> None:
+    """Drop the fine-tuning run's compiled programs and arrays before the unlearning run allocates."""
+    import gc
+
+    import jax
+
+    gc.collect()
+    jax.clear_caches()
