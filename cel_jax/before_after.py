@@ -2,7 +2,7 @@
 and after, their ROUGE-L recall against the truth (open-unlearning's `rougeL_recall`: rouge_score with
 the stemmer, score(truth, answer)), a few printed examples and a short table.
 
-Runs on process 0 only; `cfg.report` = {enabled, examples, max_new_tokens, max_questions}.
+Runs on process 0 only; `cfg.report` = {enabled, examples, max_new_tokens, max_questions, batch_size}.
 """
 
 from __future__ import annotations
@@ -10,13 +10,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def answers(model, tok, rows: list[dict], system_prompt, max_new_tokens: int) -> list[str]:
-    from cel_jax import generate
+def answers(
+    model, tok, rows: list[dict], system_prompt, max_new_tokens: int, batch_size: int = 20
+) -> list[str]:
+    """Greedy answers in batches of `batch_size` (the KV cache of all questions at once is ~1 GB)."""
+    from cel_jax import generate, hostmem
 
     qs = [r["question"] for r in rows]
-    return generate.generate_text(
-        model, tok, qs, max_new_tokens=max_new_tokens, system_prompt=system_prompt, batch_size=len(qs)
+    outs = generate.generate_text(
+        model, tok, qs, max_new_tokens=max_new_tokens, system_prompt=system_prompt, batch_size=batch_size
     )
+    hostmem.release()
+    return outs
 
 
 def rouge_recall(truths: list[str], outs: list[str]) -> list[float]:
@@ -34,7 +39,8 @@ def snapshot(model, tok, td, rep) -> dict:
     """{"forget": {"answers", "rouge"}, "retain": {...}} for the run's questions (one generate call)."""
     qs = questions(td, rep.get("max_questions"))
     rows = qs["forget"] + qs["retain"]
-    outs = answers(model, tok, rows, td.system_prompt, int(rep.get("max_new_tokens", 48)))
+    n_new, bs = int(rep.get("max_new_tokens", 48)), int(rep.get("batch_size", 20))
+    outs = answers(model, tok, rows, td.system_prompt, n_new, bs)
     scores = rouge_recall([r["answer"] for r in rows], outs)
     k = len(qs["forget"])
     return {

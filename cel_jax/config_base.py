@@ -38,12 +38,19 @@ def _common() -> ml_collections.ConfigDict:
     c.max_steps = config_dict.placeholder(int)  # stop after N optimizer steps (smoke runs)
     c.seed = 0
     c.shuffle = True
-    c.ckpt = dict(every=50, keep=2, async_save=True)
+    # keep_final: keep the last checkpoint (optimizer state) once the model is exported; else dropped
+    c.ckpt = dict(every=50, keep=2, async_save=True, keep_final=False)
     c.export = True
     # Rerun into a work dir: auto (same config resumes, another is refused) | force | restart (run_dir.py)
     c.resume = "auto"
     # Answers to the forget / retain questions before and after unlearning, ROUGE-L recall, a table
-    c.report = dict(enabled=False, examples=2, max_new_tokens=48, max_questions=config_dict.placeholder(int))
+    c.report = dict(
+        enabled=False,
+        examples=2,
+        max_new_tokens=48,
+        max_questions=config_dict.placeholder(int),
+        batch_size=20,
+    )
     # Fine-tune model.name_or_path on `split` first (cached in $CEL_JAX_CACHE/targets): cel_jax/target.py
     c.target = dict(
         finetune=False, split="full", epochs=5, lr=1e-4, batch_size=8, grad_accum=1, warmup_epochs=0.0
@@ -69,6 +76,7 @@ def _dual(**over) -> dict:
         warmup_epochs=0,  # epochs with λ held at λ0 before the rule runs (the authors' warm start)
         mode="step",  # step | microbatch | epoch | fixed
         normalize_forget=False,  # L_f / L_f(first micro-batch): λ0 and η portable across models
+        relative=False,  # constraint L_r / ε − 1 ≤ 0: violations in fractions of ε (see cel_jax/dual.py)
         tolerance=0.0,  # constraint_satisfied: mean retain loss of the last epoch <= eps + tolerance
     )
     d.update(over)

@@ -18,6 +18,8 @@ constraint violation, followed by the projection onto [0, λ_max]:
        the violation with its own coefficient ρ; λ itself follows gda.
 `s` is the forget-loss scale: 1, or 1 / L_f(θ₀) with `dual.normalize_forget` so the forget term starts
 at 1 whatever the model and λ0, η mean the same thing on every model (the logit-margin loss is ~10²–10³).
+With `dual.relative` the constraint is written L_r / ε − 1 ≤ 0 (the same feasible set): v is then a
+fraction of ε, so the gains do not depend on the retain loss's scale either (ε = 0.13 or 2.6).
 
 When the rule runs (`cfg.dual.mode`): "step" once per optimizer step on the step's mean L_r;
 "microbatch" once per micro-batch (the reference under gradient accumulation); "epoch" once per epoch
@@ -52,6 +54,7 @@ DUAL_KEYS = (  # every dual setting lives in cfg.dual; method_args naming one of
     "warmup_epochs",
     "mode",
     "normalize_forget",
+    "relative",
     "tolerance",
 )
 METHOD_ARG_ALIASES = {  # the reference's names for the same settings -> our cfg.dual key
@@ -78,6 +81,7 @@ class Rule:
     nu: float = 0.0  # νPI EMA coefficient ν of the violation
     rho: float = 1.0  # alm penalty coefficient ρ
     lam_max: float | None = None
+    relative: bool = False  # constraint L_r / ε − 1 ≤ 0 (dimensionless) instead of L_r − ε ≤ 0
 
 
 @struct.dataclass
@@ -128,6 +132,15 @@ def update(rule: Rule, state: DualState, violation: Scalar, active: bool | jax.A
     return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
 
 
+def violation(rule: Rule, retain_loss: Scalar, eps: Scalar) -> jax.Array:
+    """The constraint's value v (≤ 0 when satisfied): L_r − ε, or L_r / ε − 1 with `dual.relative`."""
+    v = jnp.asarray(retain_loss, jnp.float32) - eps
+    if not rule.relative:
+        return v
+    eps = jnp.asarray(eps, jnp.float32)
+    return jnp.where(eps > 0, v / jnp.where(eps > 0, eps, 1.0), v)  # ε = 0: scalarised runs, no bound
+
+
 def lagrangian(
     rule: Rule,
     forget_loss: Scalar,
@@ -139,7 +152,7 @@ def lagrangian(
     """The primal objective, fp32: w·L_f + λ (L_r − ε) (gda, pi) or w·L_f + ψ_ρ(L_r − ε, λ) (alm)."""
     lam = jax.lax.stop_gradient(jnp.asarray(lam, jnp.float32))
     f = jnp.asarray(forget_weight, jnp.float32) * jnp.asarray(forget_loss, jnp.float32)
-    v = jnp.asarray(retain_loss, jnp.float32) - eps
+    v = violation(rule, retain_loss, eps)
     if rule.name == "alm":
         return f + (jnp.square(jnp.maximum(0.0, lam + rule.rho * v)) - jnp.square(lam)) / (2.0 * rule.rho)
     return f + lam * v
@@ -162,6 +175,7 @@ def rule_from_config(d) -> Rule:
         nu=float(d.get("nu", 0.0) or 0.0),
         rho=float(d.get("rho", 1.0) or 1.0),
         lam_max=None if lam_max is None else float(lam_max),
+        relative=bool(d.get("relative", False)),
     )
 
 

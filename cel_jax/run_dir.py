@@ -13,8 +13,11 @@ its exported model.
              Rerunning the same restart command (a requeued job) resumes the restarted run instead of
              starting over again: a run with the recorded config is never discarded.
 
-Always refused: a dir holding an exported model and no checkpoint to resume (a new run would overwrite
-that model). A dir without a checkpoint or exported model has nothing to protect: any config starts there.
+A finished run keeps its exported model and summary.json and drops its checkpoint (unless
+`ckpt.keep_final`): rerunning it with the same config prints that it is done and changes nothing.
+Always refused: a dir holding an exported model and no checkpoint to resume under another config (a new
+run would overwrite that model). A dir without a checkpoint or exported model has nothing to protect: any
+config starts there.
 
 Keys that do not change what is computed are not compared (IGNORED): `max_steps` (continuing a run that
 stopped at max_steps is the point of resuming), `ckpt.*`, `export`, `eval.*`, `report.*`,
@@ -53,7 +56,8 @@ IGNORED = (
 
 class Plan(NamedTuple):
     """What `run` does in the work dir: "new" (start from scratch), "resume" (same config), "force"
-    (resume under a changed config) or "restart" (checkpoints of a different run deleted first)."""
+    (resume under a changed config), "restart" (checkpoints of a different run deleted first) or "done"
+    (the same config already finished here: summary.json and the exported model, its checkpoint dropped)."""
 
     action: str
     diffs: list  # [(key, old, new)] of the compared keys that differ from the recorded run
@@ -156,6 +160,8 @@ def check(workdir: str, cfg, mode: str) -> Plan:
     model = _has_model(workdir)
     model_dir = _root(workdir) / "model"
     if step is None:
+        if model and old is not None and not diffs and (_root(workdir) / "summary.json").exists():
+            return Plan("done", [], None)
         if model:
             raise UserError(
                 f"work dir {workdir} holds an exported model ({model_dir}) and no checkpoint to resume: "
@@ -196,6 +202,7 @@ def prepare(workdir: str, cfg, mode: str) -> Plan:
             )
         elif plan.action == "force":
             print(f"resume=force: continuing step {plan.step} under a changed config: {describe(plan.diffs)}")
-        record(workdir, cfg, mode, keep_previous=bool(plan.diffs))
+        if plan.action != "done":
+            record(workdir, cfg, mode, keep_previous=bool(plan.diffs))
     checkpoint.barrier("cel_jax_run_dir_prepared")
     return plan

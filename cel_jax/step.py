@@ -168,7 +168,12 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
         (obj, (l_f, l_r)), g = grad_fn(state.params, dual.lam, state.eps, mb, ref, consts, graphdef, spec, fs)
         lam_used = dual.lam
         if per_micro:
-            dual = dual_lib.update(spec.dual_rule, dual, l_r - state.eps, hp["dual_active"] & (valid > 0))
+            dual = dual_lib.update(
+                spec.dual_rule,
+                dual,
+                dual_lib.violation(spec.dual_rule, l_r, state.eps),
+                hp["dual_active"] & (valid > 0),
+            )
         g_acc = jax.tree.map(lambda a, b: a + valid * b.astype(a.dtype), g_acc, g)
         return (g_acc, dual, resolve_forget_scale(fs, l_f)), (obj, l_f, l_r, lam_used)
 
@@ -183,7 +188,8 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
     if spec.solver != "primal_dual":
         dual_next = state.dual
     elif spec.dual_mode == "step":
-        dual_next = dual_lib.update(spec.dual_rule, state.dual, l_r - state.eps, hp["dual_active"])
+        v = dual_lib.violation(spec.dual_rule, l_r, state.eps)
+        dual_next = dual_lib.update(spec.dual_rule, state.dual, v, hp["dual_active"])
     elif per_micro:
         dual_next = dual_end
     else:
@@ -201,7 +207,9 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
         "dual_micro": lams,
         "dual": state.dual.lam,
         "dual_next": dual_next.lam,
-        "dual_eff": dual_lib.effective_multiplier(spec.dual_rule, state.dual.lam, l_r - state.eps),
+        "dual_eff": dual_lib.effective_multiplier(
+            spec.dual_rule, state.dual.lam, dual_lib.violation(spec.dual_rule, l_r, state.eps)
+        ),
         "grad_norm": optax.tree.norm(grads),
         "valid_micro": valid_M,
         "forget_scale": fs,

@@ -40,9 +40,11 @@ def finetune_config(cfg):
 
 
 def cache_key(ft, model_folder: Path) -> str:
-    """A hash of everything that decides the fine-tuned weights (recipe, data, base model files)."""
+    """A hash of what decides the fine-tuned weights: recipe, data, base model files (nothing else)."""
     base = sorted((p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in model_folder.iterdir())
-    blob = json.dumps({"config": ft.to_dict(), "base": base, "folder": str(model_folder)}, sort_keys=True)
+    keys = ("model", "data", "optim", "epochs", "batch_size", "grad_accum", "seed", "mesh")
+    recipe = {k: ft[k].to_dict() if hasattr(ft[k], "to_dict") else ft[k] for k in keys}
+    blob = json.dumps({"config": recipe, "base": base, "folder": str(model_folder)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -51,7 +53,7 @@ def ensure_target(cfg) -> str:
     t = cfg.get("target")
     if t is None or not t.get("finetune", False):
         return cfg.model.name_or_path
-    from cel_jax import embedded, hf_io, train
+    from cel_jax import embedded, hf_io, hostmem, train
 
     ft = finetune_config(cfg)
     train.validate_config(ft, "finetune")
@@ -65,17 +67,7 @@ def ensure_target(cfg) -> str:
     print(f"target: teaching {cfg.model.name_or_path} the {t.split!r} rows first ({t.epochs} epochs; cached)")
     run_dir = home / "run"
     train.run(ft, str(run_dir), "finetune")
-    _free()
+    hostmem.release(clear_compiled=True)  # the stage's arrays and programs, before unlearning allocates
     shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
     (run_dir / "model").rename(model_dir)  # the marker of a finished target: written last
     return str(model_dir)
-
-
-def _free() -> None:
-    """Drop the fine-tuning run's compiled programs and arrays before the unlearning run allocates."""
-    import gc
-
-    import jax
-
-    gc.collect()
-    jax.clear_caches()

@@ -23,7 +23,18 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cel_jax import answer_rows, before_after, checkpoint, data, methods, optim, run_dir, sharding, target
+from cel_jax import (
+    answer_rows,
+    before_after,
+    checkpoint,
+    data,
+    hostmem,
+    methods,
+    optim,
+    run_dir,
+    sharding,
+    target,
+)
 from cel_jax import dual as dual_lib
 from cel_jax import step as step_lib
 from cel_jax.train_data import TrainData, prepare_data
@@ -207,7 +218,12 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     validate_config(cfg, mode)
     if not workdir:
         raise ValueError("--workdir is required")
-    run_dir.prepare(str(workdir), cfg, mode)  # another config's run is refused, not resumed (run_dir.py)
+    plan = run_dir.prepare(str(workdir), cfg, mode)  # another config's run is refused, not resumed
+    if plan.action == "done":
+        from etils import epath
+
+        summary = json.loads((epath.Path(workdir) / "summary.json").read_text())
+        return {"summary": summary, "model": None, "tokenizer": None, "report": None, "done": True}
     remote = _is_remote(workdir)  # gs:// etc.: files are written to a local mirror, then uploaded
     wd = Path(tempfile.mkdtemp(prefix="cel_jax_")) if remote else Path(workdir)
     if remote:
@@ -250,7 +266,9 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         with_tokenizer=False,
     )
     report_cfg = cfg.get("report") or {}
-    show = mode == "unlearn" and report_cfg.get("enabled", False) and jax.process_index() == 0 and td.retain_rows
+    show = (
+        mode == "unlearn" and report_cfg.get("enabled", False) and jax.process_index() == 0 and td.retain_rows
+    )
     before = before_after.snapshot(model, tok, td, report_cfg) if show else None
     graphdef, params_state = nnx.split(model, nnx.Param)
     params = nnx.to_pure_dict(params_state)
@@ -319,7 +337,9 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
             and cursor.epoch >= cfg.dual.warmup_epochs
         ):
             mean_lr = _retain_pass(state.params, graphdef, td, cfg, mesh, epoch_before)
-            new = dual_lib.update(spec.dual_rule, state.dual, mean_lr - eps)
+            new = dual_lib.update(
+                spec.dual_rule, state.dual, dual_lib.violation(spec.dual_rule, mean_lr, eps)
+            )
             state = state.replace(dual=jax.device_put(new, rep))
         step_i += 1  # = state.step after this call (train_step adds 1)
         if mgr.should_save(step_i) and pending is not None:
@@ -339,6 +359,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     wall = time.time() - t0
 
     final = nnx.merge(graphdef, state.params)
+    finished = int(state.step) >= steps_per_epoch * cfg.epochs  # not cut short by max_steps
     summary = {
         "mode": mode,
         "method": cfg.method if mode == "unlearn" else "finetune",
@@ -353,6 +374,8 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         "resumed_from": start_step,
         "lm_head_rows": {p: c for p, c in spec.answer_rows} or "all",  # rows kept per sequence, per part
     }
+    state = ref_params = consts = None  # only the weights are needed from here: optimizer state freed
+    hostmem.release()
     if mode == "unlearn" and eps > 0 and log.path.exists():
         from cel_jax import feasibility
 
@@ -372,6 +395,10 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         _write_json(wd / "summary.json", summary)
         if remote:
             _upload(wd, workdir)
+    if finished and cfg.get("export", True) and not cfg.ckpt.get("keep_final", False):
+        checkpoint.barrier("cel_jax_finished")
+        if jax.process_index() == 0:  # finished and exported: the optimizer state is not needed to resume
+            checkpoint.remove_all(str(workdir))
     return {"summary": summary, "model": final, "tokenizer": tok, "data": td, "report": report}
 
 
@@ -495,6 +522,13 @@ def _after(cfg, workdir, out) -> None:
     if jax.process_index() != 0:
         return
     s = out["summary"]
+    if out.get("done"):
+        print(f"done already: this config finished in {workdir} (summary.json, model/); nothing to run")
+        if "constraint_satisfied" in s:
+            from cel_jax import feasibility
+
+            print(feasibility.line(s))
+        return
     where = f"; model exported to {Path(workdir) / 'model'}" if cfg.get("export", True) else ""
     print(f"done: {s['steps']} steps in {s['wall_s']:.0f}s{where}")
     if out.get("report"):

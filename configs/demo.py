@@ -34,5 +34,6 @@ def get_config():
     c.dual.eps_alpha = 0.25  # ε = 1.25 × the target's own retain loss before unlearning
     c.dual.warmup_epochs = 0
     c.ckpt.every = 10
+    c.ckpt.async_save = False  # an async save holds a second copy of the 1.6 GB state while it writes
     c.report.enabled = True
     return c

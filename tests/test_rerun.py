@@ -29,6 +29,7 @@ def tiny_cfg(model_dir, **over):
     spec.loader.exec_module(mod)
     cfg = mod.get_config()
     cfg.model.name_or_path = str(model_dir)
+    cfg.ckpt.keep_final = True  # the tests read the final checkpoint (a finished run drops it by default)
     for k, v in over.items():
         node = cfg
         *path, last = k.split(".")
@@ -244,3 +245,24 @@ def test_disk_full_stops_with_one_error_and_a_rerun_resumes(
     assert not list((tmp_path / "ckpt").glob("*orbax-checkpoint-tmp*"))  # the partial step 4 is gone
     for a, b in zip(params_of(out), uninterrupted, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_finished_run_drops_its_checkpoint_and_a_rerun_is_done(model_dir, tmp_path, capsys):
+    cfg = tiny_cfg(model_dir, max_steps=None, epochs=1, **{"ckpt.keep_final": False, "export": True})
+    train.run(cfg, str(tmp_path))
+    assert not (tmp_path / "ckpt").exists() and (tmp_path / "model" / "config.json").exists()
+    kept = files(tmp_path / "model")
+    out = train.run(
+        tiny_cfg(model_dir, max_steps=None, epochs=1, **{"ckpt.keep_final": False, "export": True}),
+        str(tmp_path),
+    )
+    assert (
+        out.get("done")
+        and out["summary"]["steps"] == json.loads((tmp_path / "summary.json").read_text())["steps"]
+    )
+    assert files(tmp_path / "model") == kept
+    with pytest.raises(errors.UserError, match="exported model"):  # another config never overwrites it
+        train.run(
+            tiny_cfg(model_dir, max_steps=None, epochs=2, **{"ckpt.keep_final": False, "export": True}),
+            str(tmp_path),
+        )

@@ -34,6 +34,7 @@ def model_dir(tmp_path_factory):
 def tiny_cfg(model_dir, **over):
     cfg = load_config()
     cfg.model.name_or_path = str(model_dir)
+    cfg.ckpt.keep_final = True  # the tests read the final checkpoint (a finished run drops it by default)
     for k, v in over.items():
         node = cfg
         *path, last = k.split(".")
