@@ -306,18 +306,23 @@ def measure_unlearn(args) -> dict:
     for p in args.patch:
         PATCHES[p](train, ph)
 
+    out = _run_measured(train.unlearn_command, cfg, args, ph, jax)
+    return {**out, "patch": args.patch, "workdir_mb": _du_mb(args.workdir)}
+
+
+def _run_measured(command, cfg, args, ph, jax) -> dict:
+    """Run a `cel-jax` command function in this process; the phases and the process's peak RSS."""
+
     class Flags:
         workdir = args.workdir
 
-    train.unlearn_command(cfg, Flags)
+    command(cfg, Flags)
     ph.mark("done")
     rows = ph.stop()
     return {
         "config": args.config,
         "set": args.set,
-        "patch": args.patch,
         "vm_hwm_mb": round(self_hwm_mb()),
-        "workdir_mb": _du_mb(args.workdir),
         "jax": jax.__version__,
         "phases": rows,
     }
@@ -340,19 +345,7 @@ def measure_eval(args) -> dict:
             if hasattr(mod, fn):
                 _wrap(mod, fn, ph, f"{mod_name.rsplit('.', 1)[-1]}.{fn}", after="eval")
 
-    class Flags:
-        workdir = args.workdir
-
-    driver.eval_command(cfg, Flags)
-    ph.mark("done")
-    rows = ph.stop()
-    return {
-        "config": args.config,
-        "set": args.set,
-        "vm_hwm_mb": round(self_hwm_mb()),
-        "jax": jax.__version__,
-        "phases": rows,
-    }
+    return _run_measured(driver.eval_command, cfg, args, ph, jax)
 
 
 def _eval_hooks() -> dict[str, list[str]]:

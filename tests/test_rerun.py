@@ -3,7 +3,6 @@ refused (or resumed / restarted when asked); a failed checkpoint write (disk ful
 error, keeps the previous checkpoint and a rerun resumes from it to the uninterrupted result."""
 
 import errno
-import importlib.util
 import json
 import logging
 import os
@@ -15,28 +14,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
+from test_train import tiny_cfg
 from tiny_model import make_tiny_model_dir
 
 from cel_jax import checkpoint, errors, hf_io, run_dir, train
 from cel_jax import step as step_lib
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_cfg(model_dir, **over):
-    spec = importlib.util.spec_from_file_location("tiny", ROOT / "configs" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    cfg = mod.get_config()
-    cfg.model.name_or_path = str(model_dir)
-    cfg.ckpt.keep_final = True  # the tests read the final checkpoint (a finished run drops it by default)
-    for k, v in over.items():
-        node = cfg
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return cfg
 
 
 @pytest.fixture(scope="module")
