@@ -294,7 +294,7 @@ def measure_unlearn(args) -> dict:
     orig_save = checkpoint.save
 
     def save(mgr, step, state, meta, force=False):
-        if not (force or mgr.should_save(step)):
+        if not (force or checkpoint.due(mgr, step)):
             return orig_save(mgr, step, state, meta, force)
         ph.mark(f"checkpoint save step {step}", live_jax_mb=_live_jax_mb())
         try:

@@ -48,14 +48,24 @@ def manager(workdir: str, every: int, keep: int = 2, async_save: bool = True) ->
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,  # a failed write's partial step (disk space) goes at the next start
     )
-    return ocp.CheckpointManager(_path(workdir), options=opts)
+    mgr = ocp.CheckpointManager(_path(workdir), options=opts)
+    _EVERY[mgr] = max(1, int(every))
+    return mgr
 
 
+_EVERY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # manager -> its save interval
 _IN_FLIGHT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # manager -> step of its last save
 
 
+def due(mgr: ocp.CheckpointManager, step: int) -> bool:
+    """Whether `save` writes at this step without force: a multiple of the interval."""
+    return step % _EVERY.get(mgr, 1) == 0 and mgr.should_save(step)
+
+
 def save(mgr: ocp.CheckpointManager, step: int, state, meta: dict, force: bool = False) -> bool:
-    if not force and not mgr.should_save(step):
+    """Save at multiples of the interval (or when forced). Orbax alone would also save the first step of
+    a run with no checkpoint yet: a full copy of the state written for nothing a few seconds in."""
+    if not force and not due(mgr, step):
         return False
     _settle(mgr)  # an earlier async save that failed is reported with its own step
     with _reported(mgr, step):

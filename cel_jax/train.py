@@ -342,10 +342,12 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
             )
             state = state.replace(dual=jax.device_put(new, rep))
         step_i += 1  # = state.step after this call (train_step adds 1)
-        if mgr.should_save(step_i) and pending is not None:
+        if checkpoint.due(mgr, step_i) and pending is not None:
             _emit(log, bar, pending, eps)  # the log must hold every step the checkpoint holds
             pending = None
         saved = checkpoint.save(mgr, step_i, state, {**meta_base, "cursor": list(cursor)})
+        if saved or step_i == start_step + 1:  # the compile's and the save's freed pages go back to the OS
+            hostmem.release()
         if saved and remote and jax.process_index() == 0 and log.path.exists():
             _upload_file(log.path, workdir)
         if _FAULT_AT_STEP and step_i == _FAULT_AT_STEP:  # test hook: die like a preempted job
