@@ -398,6 +398,7 @@ def main(argv=None) -> int:
         out = measure_unlearn(args) if args.mode == "unlearn" else measure_eval(args)
     print()
     print_table(out["phases"], ("live_jax_mb",) if args.mode != "run" else ())
+    out["command"] = "python -m bench.memory " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = {k: v for k, v in out.items() if k != "phases"}
     print(json.dumps(summary))
     if args.json:

@@ -154,6 +154,14 @@ def test_sigkill_then_rerun_matches_uninterrupted(model_dir, tmp_path):
     assert [r["step"] for r in rows(tmp_path / "killed")] == [1, 2, 3, 4, 5, 6]
 
 
+def test_checkpoints_only_at_multiples_of_the_interval_and_at_the_end(model_dir, tmp_path):
+    """Orbax alone also saves the first step of a run without a checkpoint (a whole state for nothing)."""
+    from cel_jax import checkpoint
+
+    train.run(tiny_cfg(model_dir, max_steps=5, **{"ckpt.every": 2, "ckpt.keep": 10}), str(tmp_path))
+    assert checkpoint.finalized_steps(str(tmp_path)) == [2, 4, 5]
+
+
 def test_restore_onto_another_mesh(model_dir, tmp_path):
     train.run(tiny_cfg(model_dir, max_steps=2, **{"ckpt.every": 2}), str(tmp_path / "run"))
     out = train.run(
