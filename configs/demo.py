@@ -26,13 +26,12 @@ def get_config():
     c.epochs = 10
     c.optim.lr = 2e-4
     c.optim.warmup_epochs = 0.5
-    c.dual.rule = "pi"  # νPI: gda plus a proportional term on the smoothed violation (docs/dual.md)
+    c.dual.rule = "alm"  # augmented Lagrangian: gda plus a quadratic penalty (why: docs/dual.md)
     c.dual.normalize_forget = True  # L_f / L_f(θ0): the forget term starts at 1
     c.dual.relative = True  # violation L_r / ε − 1: the gains below do not depend on the loss scale
     c.dual.lam0 = 1.0
     c.dual.lr = 1.0
-    c.dual.kp = 2.0
-    c.dual.nu = 0.9  # the violation of one 4-item retain batch is noisy: smooth the proportional part
+    c.dual.rho = 10.0
     c.dual.eps = None
     c.dual.eps_alpha = 1.0  # ε = 2 × the target's own retain loss before unlearning
     c.dual.warmup_epochs = 0
