@@ -153,11 +153,19 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
 
     batch: {part: {input_ids, attention_mask, labels: [M, B, T]}, "valid_M": [M] (optional)}."""
     TRACE_COUNT[spec.solver] += 1
-    grad_fn = jax.value_and_grad(objective, has_aux=True)
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
     parts = {k: v for k, v in batch.items() if k != "valid_M"}
     n_micro = jax.tree.leaves(parts)[0].shape[0]
     valid_M = batch.get("valid_M", jnp.ones((n_micro,), jnp.float32)).astype(jnp.float32)
+    n_valid = jnp.maximum(jnp.sum(valid_M), 1.0)
+
+    def weighted(params, w, *args):
+        # the micro-batch's share w = valid / n_valid enters as the backward pass's seed, so the summed
+        # gradients are already the mean: no separate pass (and parameter-sized copy) dividing them
+        obj, aux = objective(params, *args)
+        return w * obj, (obj, aux)
+
+    grad_fn = jax.value_and_grad(weighted, has_aux=True)
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
     per_micro = spec.dual_mode == "microbatch" and spec.solver == "primal_dual"
 
     def micro(carry, xs):
@@ -165,7 +173,10 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
         mb, valid = xs
         mb = answer_rows.compact_batch(mb, spec.answer_rows)
         ref = reference_quantities(graphdef, ref_params, mb, spec) if ref_params is not None else {}
-        (obj, (l_f, l_r)), g = grad_fn(state.params, dual.lam, state.eps, mb, ref, consts, graphdef, spec, fs)
+        w = valid / n_valid
+        (_, (obj, (l_f, l_r))), g = grad_fn(
+            state.params, w, dual.lam, state.eps, mb, ref, consts, graphdef, spec, fs
+        )
         lam_used = dual.lam
         if per_micro:
             dual = dual_lib.update(
@@ -174,13 +185,12 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
                 dual_lib.violation(spec.dual_rule, l_r, state.eps),
                 hp["dual_active"] & (valid > 0),
             )
-        g_acc = jax.tree.map(lambda a, b: a + valid * b.astype(a.dtype), g_acc, g)
+        g_acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g)
         return (g_acc, dual, resolve_forget_scale(fs, l_f)), (obj, l_f, l_r, lam_used)
 
     carry0 = (zeros, state.dual, state.forget_scale)
     (g_sum, dual_end, fs), (objs, l_fs, l_rs, lams) = jax.lax.scan(micro, carry0, (parts, valid_M))
-    n_valid = jnp.maximum(jnp.sum(valid_M), 1.0)
-    grads = jax.tree.map(lambda g: g / n_valid.astype(g.dtype), g_sum)
+    grads = g_sum
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     mean = lambda x_M: jnp.sum(jnp.where(valid_M > 0, x_M, 0.0)) / n_valid

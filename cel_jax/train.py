@@ -316,6 +316,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         total=total_steps, initial=start_step, disable=jax.process_index() != 0, desc=mode, dynamic_ncols=True
     )
     pending = None
+    hostmem.release()  # the answers' KV caches and the ε pass are freed: pages go back before the compile
     t0 = time.time()
     step_i = start_step  # host copy of state.step (+1 per call): reading the device's would sync every step
     while step_i < total_steps:
