@@ -10,7 +10,17 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's malloc_trim, or None (macOS, musl: nothing to trim)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
 
 
 def release(clear_compiled: bool = False) -> None:
@@ -20,8 +30,6 @@ def release(clear_compiled: bool = False) -> None:
 
         jax.clear_caches()
         gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        ctypes.CDLL(name).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (macOS, musl): nothing to trim
-        pass
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)

@@ -195,10 +195,10 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
     params = optax.apply_updates(state.params, updates)
     mean = lambda x_M: jnp.sum(jnp.where(valid_M > 0, x_M, 0.0)) / n_valid
     l_r = mean(l_rs)
+    v = dual_lib.violation(spec.dual_rule, l_r, state.eps)
     if spec.solver != "primal_dual":
         dual_next = state.dual
     elif spec.dual_mode == "step":
-        v = dual_lib.violation(spec.dual_rule, l_r, state.eps)
         dual_next = dual_lib.update(spec.dual_rule, state.dual, v, hp["dual_active"])
     elif per_micro:
         dual_next = dual_end
@@ -217,9 +217,7 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
         "dual_micro": lams,
         "dual": state.dual.lam,
         "dual_next": dual_next.lam,
-        "dual_eff": dual_lib.effective_multiplier(
-            spec.dual_rule, state.dual.lam, dual_lib.violation(spec.dual_rule, l_r, state.eps)
-        ),
+        "dual_eff": dual_lib.effective_multiplier(spec.dual_rule, state.dual.lam, v),
         "grad_norm": optax.tree.norm(grads),
         "valid_micro": valid_M,
         "forget_scale": fs,

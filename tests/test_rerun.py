@@ -232,21 +232,16 @@ def test_disk_full_stops_with_one_error_and_a_rerun_resumes(
 
 
 def test_finished_run_drops_its_checkpoint_and_a_rerun_is_done(model_dir, tmp_path, capsys):
-    cfg = tiny_cfg(model_dir, max_steps=None, epochs=1, **{"ckpt.keep_final": False, "export": True})
-    train.run(cfg, str(tmp_path))
+    def cfg(epochs):
+        over = {"ckpt.keep_final": False, "export": True}
+        return tiny_cfg(model_dir, max_steps=None, epochs=epochs, **over)
+
+    train.run(cfg(1), str(tmp_path))
     assert not (tmp_path / "ckpt").exists() and (tmp_path / "model" / "config.json").exists()
     kept = files(tmp_path / "model")
-    out = train.run(
-        tiny_cfg(model_dir, max_steps=None, epochs=1, **{"ckpt.keep_final": False, "export": True}),
-        str(tmp_path),
-    )
-    assert (
-        out.get("done")
-        and out["summary"]["steps"] == json.loads((tmp_path / "summary.json").read_text())["steps"]
-    )
+    out = train.run(cfg(1), str(tmp_path))
+    assert out.get("done")
+    assert out["summary"]["steps"] == json.loads((tmp_path / "summary.json").read_text())["steps"]
     assert files(tmp_path / "model") == kept
     with pytest.raises(errors.UserError, match="exported model"):  # another config never overwrites it
-        train.run(
-            tiny_cfg(model_dir, max_steps=None, epochs=2, **{"ckpt.keep_final": False, "export": True}),
-            str(tmp_path),
-        )
+        train.run(cfg(2), str(tmp_path))
