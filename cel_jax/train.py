@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from cel_jax import (
     answer_rows,
+    aot,
     before_after,
     checkpoint,
     data,
@@ -148,16 +149,19 @@ def create_state(
     )
 
 
-def _replicate_scalars(tree, mesh):
-    """Leaves not yet placed on `mesh` (step, λ, ε, rng, optimizer counts) become replicated on it."""
-    rep = sharding.replicated(mesh)
+def _release_before_save(state) -> None:
+    """The step's temporaries (~1.2 GB for 135M parameters) are freed once it has run; their pages go
+    back to the OS before the checkpoint's serialisation buffers are allocated on top."""
+    jax.block_until_ready(state)
+    hostmem.release()
 
-    def place(x):
-        s = getattr(x, "sharding", None)
-        on_mesh = isinstance(s, NamedSharding) and s.mesh == mesh
-        return x if on_mesh else jax.device_put(x, rep)
 
-    return jax.tree.map(place, tree)
+def _run_batches(td: TrainData, cfg, total_steps: int):
+    """Every host batch of a run from its start, in order (the loop's schedule, for compiling ahead)."""
+    cursor = data.Cursor(0, 0)
+    for _ in range(total_steps):
+        batch, cursor = td.next_batch(cursor, cfg.batch_size, cfg.grad_accum)
+        yield batch
 
 
 def batch_sharding(mesh) -> NamedSharding:
@@ -257,6 +261,15 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         cfg.optim.lr, steps_per_epoch * cfg.epochs, warmup_steps, cfg.optim.get("schedule", "linear")
     )
 
+    # ε: absolute, or relative to the reference model's retain loss (measured once, stored in the ckpt).
+    mgr = checkpoint.manager(str(workdir), cfg.ckpt.every, cfg.ckpt.keep, cfg.ckpt.get("async_save", True))
+    primal_dual = mode == "unlearn" and cfg.solver == "primal_dual"
+    lam0 = cfg.dual.lam0 if primal_dual else 0.0
+    normalize = primal_dual and bool(cfg.dual.get("normalize_forget", False))
+
+    def make_state(params):
+        return create_state(params, tx, lam0, 0.0, cfg.seed, spec.dual_rule, 0.0 if normalize else 1.0)
+
     model, _ = hf_io.load_pretrained(
         str(folder),
         dtype=cfg.model.dtype,
@@ -265,29 +278,42 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         mesh=mesh,
         with_tokenizer=False,
     )
+    # The step is compiled for every batch shape of the run before the optimizer state exists: the
+    # compile's transient memory does not sit on top of the state and the step's temporaries (aot.py).
+    graphdef, params_state = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params_state)
+    abs_params = aot.abstract_like(params)
+    abs_state = jax.eval_shape(make_state, abs_params)
+    state_shd = aot.state_shardings(abs_state, abs_params, tx, mesh)
+    rep = sharding.replicated(mesh)
+    consts = {}
+    if spec.method == "rmu":
+        coeff = methods.resolve_hparams("rmu", _method_overrides(cfg))["steering_coeff"]
+        consts["control_vec"] = jax.device_put(
+            methods.rmu_control_vector(jax.random.key(cfg.seed + 17), model_cfg.d_model, coeff), rep
+        )
+    needs_ref = bool(step_lib.needed_reference(spec))
+    fn = jax.jit(
+        lambda s, b, hp, r, c: step_lib.train_step(s, b, hp, r, c, graphdef=graphdef, tx=tx, spec=spec),
+        donate_argnums=0,
+        out_shardings=(state_shd, rep),
+    )
+    programs = aot.Programs(
+        fn, aot.with_shardings(abs_state, state_shd), abs_params if needs_ref else None, consts
+    )
+    hp_of = lambda active: {"dual_active": jax.device_put(jnp.bool_(active), rep)}  # noqa: E731
+    for batch in _run_batches(td, cfg, total_steps):
+        programs.compile(to_global(batch, mesh), hp_of(False))
+    hostmem.release()  # the compiler's pages go back before the optimizer state arrives
+
     report_cfg = cfg.get("report") or {}
     show = (
         mode == "unlearn" and report_cfg.get("enabled", False) and jax.process_index() == 0 and td.retain_rows
     )
     before = before_after.snapshot(model, tok, td, report_cfg) if show else None
-    graphdef, params_state = nnx.split(model, nnx.Param)
-    params = nnx.to_pure_dict(params_state)
     # the frozen reference is its own copy: the train state (and so `params`) is donated every step
-    ref_params = jax.tree.map(jnp.copy, params) if step_lib.needed_reference(spec) else None
-    consts = {}
-    if spec.method == "rmu":
-        coeff = methods.resolve_hparams("rmu", _method_overrides(cfg))["steering_coeff"]
-        consts["control_vec"] = methods.rmu_control_vector(
-            jax.random.key(cfg.seed + 17), model_cfg.d_model, coeff
-        )
-
-    # ε: absolute, or relative to the reference model's retain loss (measured once, stored in the ckpt).
-    mgr = checkpoint.manager(str(workdir), cfg.ckpt.every, cfg.ckpt.keep, cfg.ckpt.get("async_save", True))
-    primal_dual = mode == "unlearn" and cfg.solver == "primal_dual"
-    lam0 = cfg.dual.lam0 if primal_dual else 0.0
-    normalize = primal_dual and bool(cfg.dual.get("normalize_forget", False))
-    state = create_state(params, tx, lam0, 0.0, cfg.seed, spec.dual_rule, 0.0 if normalize else 1.0)
-    state = _replicate_scalars(state, mesh)
+    ref_params = jax.tree.map(jnp.copy, params) if needs_ref else None
+    state = aot.place(make_state(params), state_shd)
     restored = checkpoint.restore_latest(mgr, state)
     if restored is not None:
         state, meta = restored
@@ -297,17 +323,9 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     else:
         cursor = data.Cursor(0, 0)
         eps = _initial_eps(cfg, mode, spec, params, graphdef, td, mesh)
-        state = state.replace(eps=jax.device_put(jnp.float32(eps), sharding.replicated(mesh)))
+        state = state.replace(eps=jax.device_put(jnp.float32(eps), rep))
     meta_base = {"config": cfg.to_dict(), "eps": eps}
     log = MetricsLog(wd, int(state.step))
-
-    state_shd = jax.tree.map(lambda x: x.sharding, state)
-    rep = sharding.replicated(mesh)
-    fn = jax.jit(
-        lambda s, b, hp, r, c: step_lib.train_step(s, b, hp, r, c, graphdef=graphdef, tx=tx, spec=spec),
-        donate_argnums=0,
-        out_shardings=(state_shd, rep),
-    )
 
     from tqdm import tqdm
 
@@ -316,7 +334,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         total=total_steps, initial=start_step, disable=jax.process_index() != 0, desc=mode, dynamic_ncols=True
     )
     pending = None
-    hostmem.release()  # the answers' KV caches and the ε pass are freed: pages go back before the compile
+    hostmem.release()  # the answers' KV caches and the ε pass are freed: pages go back before the steps
     t0 = time.time()
     step_i = start_step  # host copy of state.step (+1 per call): reading the device's would sync every step
     while step_i < total_steps:
@@ -325,8 +343,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         for part, cap in spec.answer_rows:
             answer_rows.check_capacity(batch[part]["labels"], cap, part)
         active = (mode == "unlearn") and (cursor.epoch >= cfg.dual.warmup_epochs)
-        hp = {"dual_active": jnp.bool_(active)}
-        state, metrics = fn(state, to_global(batch, mesh), hp, ref_params, consts)
+        state, metrics = programs(state, to_global(batch, mesh), hp_of(active), ref_params, consts)
         if pending is not None:  # log the previous step now: no host sync right after dispatch
             _emit(log, bar, pending, eps)
         bucket = int(batch["forget"]["input_ids"].shape[-1])
@@ -343,11 +360,13 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
             )
             state = state.replace(dual=jax.device_put(new, rep))
         step_i += 1  # = state.step after this call (train_step adds 1)
-        if checkpoint.due(mgr, step_i) and pending is not None:
-            _emit(log, bar, pending, eps)  # the log must hold every step the checkpoint holds
-            pending = None
+        if checkpoint.due(mgr, step_i):
+            if pending is not None:
+                _emit(log, bar, pending, eps)  # the log must hold every step the checkpoint holds
+                pending = None
+            _release_before_save(state)
         saved = checkpoint.save(mgr, step_i, state, {**meta_base, "cursor": list(cursor)})
-        if saved or step_i == start_step + 1:  # the compile's and the save's freed pages go back to the OS
+        if saved or step_i == start_step + 1:  # the save's (and a first run's one-off) freed pages go back
             hostmem.release()
         if saved and remote and jax.process_index() == 0 and log.path.exists():
             _upload_file(log.path, workdir)
@@ -357,6 +376,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         _emit(log, bar, pending, eps)
     bar.close()
     if mgr.latest_step() != int(state.step):
+        _release_before_save(state)
         checkpoint.save(mgr, int(state.step), state, {**meta_base, "cursor": list(cursor)}, force=True)
     checkpoint.finish(mgr)
     wall = time.time() - t0

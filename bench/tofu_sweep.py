@@ -1,0 +1,290 @@
+"""Does the bound hold on TOFU? PDU at several ε against GradDiff and NPO at several trade-off weights.
+
+  python -m bench.tofu_sweep [--workdir runs/tofu_mini] [--out results/tofu_sweep] [--only NAME,...]
+
+Same protocol as `bench.tofu_mini --preset mini` (its target, retain model and their evaluations are
+reused from the same work dir, or made first), then for forget01:
+  PDU, the default recipe (alm)    ε = (1 + a) · L_r(target) for a in EPS_ALPHAS
+  PDU, the authors' rule (gda)      the same ε, the same scale switches and gains (docs/dual.md)
+  GradDiff, NPO                     retain weight alpha in WEIGHTS (their only trade-off knob)
+Each run is a stage `<workdir>/sweep/<name>/` (skipped on a rerun once DONE.json exists).
+Outputs in `--out`: results.json, results.md (table, Pareto front), eps_diagonal.png (final retain loss
+against the requested ε: the promise is to stay on or under the diagonal) and pareto.png (forget quality
+against model utility).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from bench import tofu_mini as tm
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = ROOT / "results" / "tofu_sweep"
+EPS_ALPHAS = (0.1, 0.25, 0.5)
+WEIGHTS = (1.0, 2.0, 5.0)
+# The default recipe's gains (configs/demo.py, docs/dual.md): portable across loss scales.
+DUAL = dict(lam0=1.0, lr=1.0, rho=10.0, normalize_forget=True, relative=True, warmup_epochs=0, mode="step")
+
+
+def entries() -> dict[str, dict]:
+    """name -> {family, label, x (a or alpha), method, solver, method_args, dual}."""
+    out = {}
+    for rule in ("alm", "gda"):
+        for a in EPS_ALPHAS:
+            out[f"pdu_{rule}_eps{a:g}"] = dict(
+                family=f"PDU ({rule})",
+                label=f"PDU {rule}, ε = {1 + a:g}·L_r(target)",
+                x=a,
+                method="pdu",
+                solver="primal_dual",
+                method_args={},
+                dual={**DUAL, "rule": rule, "eps_alpha": a},
+            )
+    for method, fam in (("grad_diff", "GradDiff"), ("npo", "NPO")):
+        for w in WEIGHTS:
+            out[f"{method}_alpha{w:g}"] = dict(
+                family=fam,
+                label=f"{fam}, retain weight α = {w:g}",
+                x=w,
+                method=method,
+                solver="scalarized",
+                method_args={"alpha": w},
+                dual=None,
+            )
+    # Run order (results are written after each run): the default recipe, one point of each baseline,
+    # then gda and the other trade-off weights.
+    order = [*(k for k in out if k.startswith("pdu_alm")), "grad_diff_alpha1", "npo_alpha1"]
+    order += [k for k in out if k.startswith("pdu_gda")]
+    order += [f"{m}_alpha{w:g}" for w in WEIGHTS[1:] for m in ("grad_diff", "npo")]
+    assert sorted(order) == sorted(out)
+    return {k: out[k] for k in order}
+
+
+def config(e: dict, preset: dict, target: str, data_dir: str):
+    c = tm._base("unlearn", target, data_dir, preset["unlearn"])
+    c.data.forget_split = "forget01"
+    c.data.retain_split = "full"
+    c.data.retain_rows = preset["retain_rows"]
+    c.method, c.solver = e["method"], e["solver"]
+    for k, v in e["method_args"].items():
+        c.method_args[k] = v
+    c.dual.eps = None
+    # baselines: no bound, but the run's feasibility report (final retain loss) against the middle ε
+    c.dual.eps_alpha = EPS_ALPHAS[len(EPS_ALPHAS) // 2]
+    for k, v in (e["dual"] or {}).items():
+        c.dual[k] = v
+    return c
+
+
+def pareto(points: dict[str, tuple[float, float]]) -> set[str]:
+    """Names whose (model utility, forget quality) no other point beats on both (>= both, > one)."""
+    front = set()
+    for n, (mu, fq) in points.items():
+        if not any(m >= mu and f >= fq and (m > mu or f > fq) for k, (m, f) in points.items() if k != n):
+            front.add(n)
+    return front
+
+
+def run(workdir: Path, out: Path, names: list[str], data_dir: str, model: str) -> dict:
+    allx = entries()
+    bad = [n for n in names if n not in allx]
+    if bad:
+        raise ValueError(f"unknown entries {bad}; expected some of {list(allx)}")
+    preset = tm.PRESETS["mini"]
+    t0 = time.time()
+    keep = False
+    tm.train_stage(workdir / "target", tm.finetune_cfg(preset, model, data_dir, True), "finetune", keep)
+    tm.train_stage(workdir / "retain", tm.finetune_cfg(preset, model, data_dir, False), "finetune", keep)
+    ev_retain = tm.eval_stage(
+        workdir / "eval_retain", workdir / "retain" / "model", tm.eval_overrides(preset, data_dir, None)
+    )
+    ov = tm.eval_overrides(preset, data_dir, str(workdir / "eval_retain" / "TOFU_EVAL.json"))
+    ev_target = tm.eval_stage(workdir / "eval_target", workdir / "target" / "model", ov)
+    refs = {"retain": ev_retain["summary"], "target": ev_target["summary"]}
+    rows, curves = {}, {}
+    for name in names:
+        e = allx[name]
+        st = workdir / "sweep" / name
+        cfg = config(e, preset, str(workdir / "target" / "model"), data_dir)
+        tr = tm.train_stage(st, cfg, "unlearn")
+        ev = tm.eval_stage(st / "eval", st / "model", ov)
+        s = tr["summary"]
+        rows[name] = {
+            **{k: e[k] for k in ("family", "label", "x")},
+            "eval": ev["summary"],
+            "eps": s.get("eps") if e["dual"] else None,  # a bound only where one was requested
+            "final_retain_loss": s.get("final_retain_loss"),
+            "constraint_satisfied": s.get("constraint_satisfied") if e["dual"] else None,
+            "feasible_fraction": s.get("feasible_fraction"),
+            "lambda_last": s.get("lambda_last"),
+            "train_s": tr["wall_s"],
+            "eval_s": ev["wall_s"],
+        }
+        curves[name] = tm._curves(st)
+        report(rows, curves, refs, out, time.time() - t0, names)
+    return report(rows, curves, refs, out, time.time() - t0, names)
+
+
+def report(rows, curves, refs, out: Path, wall: float, names: list[str]) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    pts = {n: (r["eval"]["model_utility"], r["eval"]["forget_quality"]) for n, r in rows.items()}
+    front = pareto({**pts, "target": (refs["target"]["model_utility"], refs["target"]["forget_quality"])})
+    only = "" if names == list(entries()) else " --only " + ",".join(names)
+    res = {
+        "command": "python -m bench.tofu_sweep" + only,
+        "protocol": tm.PRESETS["mini"],
+        "eps_alphas": EPS_ALPHAS,
+        "weights": WEIGHTS,
+        "dual": DUAL,
+        "machine": tm.machine(),
+        "this_call_wall_s": round(wall, 1),
+        "references": refs,
+        "rows": tm._finite(rows),
+        "pareto_front": sorted(front),
+        "not_run": [n for n in names if n not in rows],
+        "curves": tm._finite(curves),
+    }
+    tm._write_json(out / "results.json", res)
+    tm._write_text(out / "results.md", markdown(res))
+    plots(res, out)
+    return res
+
+
+def _f(v, fmt=".3f"):
+    return "–" if v is None else format(v, fmt)
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}" if a is not None and b else "–"
+
+
+def markdown(res: dict) -> str:
+    mu_t = res["references"]["target"]["model_utility"]
+    lines = [
+        "# TOFU-mini sweep: does PDU keep the bound, and where does it sit on the Pareto front?",
+        "",
+        f"Regenerate: `{res['command']}` (stages cached in runs/tofu_mini/; about 8 min per row on 2 cores).",
+        "",
+        "Protocol: `bench.tofu_mini --preset mini` (universe TOFU `full` rows 0:80 + forget01, SmolLM2-135M"
+        " fine-tuned 5 epochs; unlearning 2 epochs, 4 forget + 4 retain rows per step, lr 2e-4 for every"
+        " method). PDU: ε = (1 + a)·L_r(target), dual "
+        + ", ".join(f"{k} {v}" for k, v in res["dual"].items())
+        + ". GradDiff and NPO: retain weight α.",
+        "",
+        "| run | ε | final retain loss | bound kept | forget quality | model utility | MU / target |"
+        " forget ROUGE | on the front |",
+        "|---|---:|---:|:---:|---:|---:|---:|---:|:---:|",
+    ]
+    for ref in ("retain", "target"):
+        s = res["references"][ref]
+        lines.append(
+            f"| {ref} model | – | – | – | {_f(s.get('forget_quality'), '.3g')} | {_f(s['model_utility'])}"
+            f" | {_ratio(s['model_utility'], mu_t)} | {_f(s.get('forget_Q_A_ROUGE'))} |"
+            f" {'yes' if ref in res['pareto_front'] else ''} |"
+        )
+    for n, r in res["rows"].items():
+        ok = {True: "yes", False: "**no**", None: "–"}[r["constraint_satisfied"]]
+        eps = _f(r["eps"], ".4f") if r["eps"] else "–"
+        lines.append(
+            f"| {r['label']} | {eps} | {_f(r['final_retain_loss'], '.4f')}"
+            f" | {ok} | {_f(r['eval']['forget_quality'], '.3g')} | {_f(r['eval']['model_utility'])}"
+            f" | {_ratio(r['eval']['model_utility'], mu_t)} | {_f(r['eval'].get('forget_Q_A_ROUGE'))}"
+            f" | {'yes' if n in res['pareto_front'] else ''} |"
+        )
+    lines += [
+        "",
+        "final retain loss: mean training retain loss over the last epoch (summary.json; the baselines"
+        " have no bound, their value is shown for comparison); bound kept: that mean ≤ ε. forget quality"
+        " (KS-test p-value against the retain model), model utility and forget"
+        " ROUGE as in open-unlearning. On the front: no other run (or the target) has both higher forget"
+        " quality and higher model utility.",
+        "",
+        f"Machine: {res['machine']}.",
+    ]
+    if res["not_run"]:
+        todo = ", ".join(res["not_run"])
+        lines += ["", f"Not run yet (the command runs them and keeps the rows above): {todo}."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(res: dict, out: Path) -> None:
+    import os
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    def save(fig, name):
+        FigureCanvasAgg(fig)
+        fig.tight_layout()
+        tmp = out / f".{name}.tmp.png"
+        fig.savefig(tmp, dpi=110)
+        os.replace(tmp, out / name)
+
+    rows = res["rows"]
+    fams = sorted({r["family"] for r in rows.values()})
+    marks = dict(zip(fams, "*soD^v", strict=False))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
+    pdu = [r for r in rows.values() if r["eps"]]
+    for fam in fams:
+        rs = [r for r in pdu if r["family"] == fam]
+        if rs:
+            xy = [r["eps"] for r in rs], [r["final_retain_loss"] for r in rs]
+            ax.scatter(*xy, marker=marks[fam], s=70, label=fam)
+    if pdu:
+        lo = min(min(r["eps"], r["final_retain_loss"]) for r in pdu) * 0.95
+        hi = max(max(r["eps"], r["final_retain_loss"]) for r in pdu) * 1.05
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="final = ε (the promise: on or under)")
+        ax.legend(fontsize=8)
+    ax.set(xlabel="requested ε", ylabel="final retain loss (last epoch)", title="TOFU-mini: the bound")
+    ax.grid(alpha=0.3)
+    save(fig, "eps_diagonal.png")
+
+    fig = Figure(figsize=(7, 5))
+    ax = fig.add_subplot()
+    floor = 1e-4
+    for fam in fams:
+        rs = [r for r in rows.values() if r["family"] == fam]
+        xy = [(r["eval"]["model_utility"], max(r["eval"]["forget_quality"], floor)) for r in rs]
+        tags = [f"ε {1 + r['x']:g}×" if r["eps"] else f"α {r['x']:g}" for r in rs]
+        ax.scatter(*zip(*xy, strict=True), marker=marks[fam], s=70, label=fam)
+        for tag, p in zip(tags, xy, strict=True):
+            ax.annotate(tag, p, fontsize=7, xytext=(4, 3), textcoords="offset points")
+    t = res["references"]["target"]
+    ax.scatter([t["model_utility"]], [max(t["forget_quality"], floor)], marker="x", c="k", label="target")
+    ax.axvline(0.95 * t["model_utility"], color="gray", ls=":", lw=1, label="0.95 × target utility")
+    ax.axhline(0.5, color="gray", ls="--", lw=1, label="forget quality 0.5")
+    ax.set(xlabel="model utility", ylabel="forget quality (log)", yscale="log", ylim=(floor / 2, 2))
+    ax.set_title("TOFU-mini forget01: forget quality vs model utility")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(alpha=0.3)
+    save(fig, "pareto.png")
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workdir", default=str(tm.DEFAULT_WORKDIR))
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--only", default="", help="comma-separated entry names (default: all, in order)")
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--data", default=None, help="folder of TOFU JSONL files (default: $CEL_JAX_TOFU_DIR)")
+    a = ap.parse_args(argv)
+    import jax
+
+    from cel_jax.data import tofu_dir
+    from cel_jax.main import compilation_cache
+
+    a.data = a.data or (str(tofu_dir()) if tofu_dir() else None)
+    if not a.data:
+        ap.error("no TOFU data: pass --data=/path/to/tofu or set CEL_JAX_TOFU_DIR")
+    compilation_cache(jax)
+    names = [n for n in a.only.split(",") if n] or list(entries())
+    run(Path(a.workdir), Path(a.out), names, a.data, a.model)
+    print(Path(a.out, "results.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
