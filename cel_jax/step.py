@@ -189,8 +189,7 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
         return (g_acc, dual, resolve_forget_scale(fs, l_f)), (obj, l_f, l_r, lam_used)
 
     carry0 = (zeros, state.dual, state.forget_scale)
-    (g_sum, dual_end, fs), (objs, l_fs, l_rs, lams) = jax.lax.scan(micro, carry0, (parts, valid_M))
-    grads = g_sum
+    (grads, dual_end, fs), (objs, l_fs, l_rs, lams) = jax.lax.scan(micro, carry0, (parts, valid_M))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     mean = lambda x_M: jnp.sum(jnp.where(valid_M > 0, x_M, 0.0)) / n_valid

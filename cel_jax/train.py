@@ -261,7 +261,6 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         cfg.optim.lr, steps_per_epoch * cfg.epochs, warmup_steps, cfg.optim.get("schedule", "linear")
     )
 
-    # ε: absolute, or relative to the reference model's retain loss (measured once, stored in the ckpt).
     mgr = checkpoint.manager(str(workdir), cfg.ckpt.every, cfg.ckpt.keep, cfg.ckpt.get("async_save", True))
     primal_dual = mode == "unlearn" and cfg.solver == "primal_dual"
     lam0 = cfg.dual.lam0 if primal_dual else 0.0
@@ -302,8 +301,11 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         fn, aot.with_shardings(abs_state, state_shd), abs_params if needs_ref else None, consts
     )
     hp_of = lambda active: {"dual_active": jax.device_put(jnp.bool_(active), rep)}  # noqa: E731
-    for batch in _run_batches(td, cfg, total_steps):
-        programs.compile(to_global(batch, mesh), hp_of(False))
+    shapes = set()
+    for batch in _run_batches(td, cfg, total_steps):  # host batches: only a new shape is placed and compiled
+        if (key := aot.shape_key(batch)) not in shapes:
+            shapes.add(key)
+            programs.compile(to_global(batch, mesh), hp_of(False))
     hostmem.release()  # the compiler's pages go back before the optimizer state arrives
 
     report_cfg = cfg.get("report") or {}
