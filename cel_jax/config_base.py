@@ -77,7 +77,7 @@ def _dual(**over) -> dict:
         mode="step",  # step | microbatch | epoch | fixed
         normalize_forget=False,  # L_f / L_f(first micro-batch): λ0 and η portable across models
         relative=False,  # constraint L_r / ε − 1 ≤ 0: violations in fractions of ε (see cel_jax/dual.py)
-        tolerance=0.0,  # constraint_satisfied: mean retain loss of the last epoch <= eps + tolerance
+        tolerance=0.0,  # the verdicts: last-epoch mean (and final model) retain loss <= eps + tolerance
     )
     d.update(over)
     return d

@@ -399,13 +399,17 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         "resumed_from": start_step,
         "lm_head_rows": {p: c for p, c in spec.answer_rows} or "all",  # rows kept per sequence, per part
     }
+    final_params = state.params
     state = ref_params = consts = None  # only the weights are needed from here: optimizer state freed
     hostmem.release()
     if mode == "unlearn" and eps > 0 and log.path.exists():
         from cel_jax import feasibility
 
         rows = [json.loads(ln) for ln in log.path.read_text().splitlines() if ln.strip()]
-        summary.update(feasibility.report(rows, eps, float(cfg.dual.get("tolerance", 0.0) or 0.0)))
+        lr_final = _reference_retain_loss(cfg, final_params, graphdef, td, mesh)  # ε's rows, final weights
+        tol = float(cfg.dual.get("tolerance", 0.0) or 0.0)
+        summary.update(feasibility.report(rows, eps, tol, final_model_retain_loss=lr_final))
+    final_params = None
     report = None
     if before is not None:
         after = before_after.snapshot(final, tok, td, report_cfg)
@@ -507,6 +511,30 @@ def _token_mean_over(params, graphdef, batches, mesh) -> float:
     return tot / n
 
 
+def _reference_retain_loss(cfg, params, graphdef, td: TrainData, mesh) -> float:
+    """L_r of `params` on the rows ε is measured on (the retain set, or its first dual.eps_ref_items)."""
+    return _token_mean_over(params, graphdef, td.retain_batches(cfg.batch_size, cfg.dual.eps_ref_items), mesh)
+
+
+def retain_losses(cfg, model_dir: str, epoch: int) -> dict:
+    """An unlearning config's retain losses for the weights in `model_dir` (a finished run's export, or
+    its target): `eps_rows`, on the rows ε is measured on; `partners`, on the retain partners of `epoch`
+    (the rows whose training losses that epoch's feasibility mean averages)."""
+    from cel_jax import hf_io
+
+    mesh = sharding.make_mesh(cfg.mesh.shape)
+    model, tok = hf_io.load_pretrained(
+        str(model_dir), dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh
+    )
+    td = prepare_data(cfg, tok, "unlearn")
+    graphdef, params = nnx.split(model, nnx.Param)
+    params = nnx.to_pure_dict(params)
+    return {
+        "eps_rows": _reference_retain_loss(cfg, params, graphdef, td, mesh),
+        "partners": _retain_pass(params, graphdef, td, cfg, mesh, epoch),
+    }
+
+
 def _initial_eps(cfg, mode, spec, params, graphdef, td: TrainData, mesh) -> float:
     """ε of the run (stored in the checkpoint). Scalarised runs that name one get it too, so their
     feasibility report is against the same bound as a constrained run's; 0 means none."""
@@ -514,9 +542,7 @@ def _initial_eps(cfg, mode, spec, params, graphdef, td: TrainData, mesh) -> floa
         return 0.0
     if cfg.dual.eps is not None:
         return float(cfg.dual.eps)
-    ref_loss = _token_mean_over(
-        params, graphdef, td.retain_batches(cfg.batch_size, cfg.dual.eps_ref_items), mesh
-    )
+    ref_loss = _reference_retain_loss(cfg, params, graphdef, td, mesh)
     eps = dual_lib.eps_from_reference(ref_loss, cfg.dual.eps_alpha)
     print(
         f"eps = (1 + {cfg.dual.eps_alpha}) * L_r(pi_ref) = (1 + {cfg.dual.eps_alpha}) * {ref_loss:.4f}"

@@ -30,3 +30,12 @@ REAL_TOFU = tofu_dir()
 needs_real_tofu = pytest.mark.skipif(
     REAL_TOFU is None, reason="CEL_JAX_TOFU_DIR not set: real TOFU data tests skipped"
 )
+
+
+@pytest.fixture(scope="session")
+def tofu_mini_run(tmp_path_factory):
+    """bench.tofu_mini's tiny run (tests/tofu_tiny.py), once per session: bench.tofu_sweep's test reuses
+    its base stages."""
+    from tofu_tiny import run_mini
+
+    return run_mini(tmp_path_factory.mktemp("tofu_mini"))

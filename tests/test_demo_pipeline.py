@@ -23,6 +23,10 @@ def test_feasibility_report_from_rows():
     assert not feasibility.report(rs, eps=1.9)["constraint_satisfied"]
     assert feasibility.report(rs, eps=1.9, tolerance=0.1)["constraint_satisfied"]
     assert "VIOLATED" in feasibility.line(feasibility.report(rs, eps=1.9))
+    assert "final_model_retain_loss" not in r  # only where measured
+    m = feasibility.report(rs, eps=2.0, final_model_retain_loss=2.05)
+    assert m["constraint_satisfied"] and not m["final_model_satisfied"]  # two views, each reported
+    assert "final model on ε's rows 2.0500 (VIOLATED)" in feasibility.line(m)
     with pytest.raises(ValueError, match="no metrics"):
         feasibility.report([], eps=1.0)
 
@@ -33,7 +37,8 @@ def test_rouge_recall_is_open_unlearnings():
 
 
 def test_summary_holds_the_feasibility_report(model_dir, tmp_path):  # noqa: F811
-    out = train.run(tiny_cfg(model_dir, max_steps=None, epochs=2), str(tmp_path))
+    cfg = tiny_cfg(model_dir, max_steps=None, epochs=2, export=True)
+    out = train.run(cfg, str(tmp_path))
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s.keys() == out["summary"].keys()
     want = feasibility.report(rows(tmp_path), 3.0)
@@ -42,6 +47,11 @@ def test_summary_holds_the_feasibility_report(model_dir, tmp_path):  # noqa: F81
     last = [r["retain_loss"] for r in rows(tmp_path) if r["epoch"] == 1]
     assert s["final_retain_loss"] == pytest.approx(sum(last) / len(last)) and len(last) == 3
     assert s["lambda_last"] == rows(tmp_path)[-1]["dual_next"]
+    # the final weights on ε's rows: the exported model, reloaded, gives the same loss
+    got = train.retain_losses(cfg, tmp_path / "model", epoch=1)
+    assert s["final_model_retain_loss"] == pytest.approx(got["eps_rows"], rel=1e-4)
+    assert s["final_model_satisfied"] == (s["final_model_retain_loss"] <= s["eps"])
+    assert s["final_model_retain_loss"] != pytest.approx(s["final_retain_loss"])  # a different estimator
 
 
 def test_target_stage_is_cached_and_the_report_is_printed(model_dir, tmp_path, monkeypatch, capsys):  # noqa: F811

@@ -7,23 +7,11 @@ from pathlib import Path
 
 import pytest
 from conftest import TOFU_FIXTURES
-from tiny_model import make_tiny_model_dir
+from tofu_tiny import FIXTURE_FORGET_ROWS, N_FORGET, TINY
 
 from bench import tofu_mini
 
-TINY = dict(
-    retain_rows="0:8",
-    ft=dict(epochs=1, lr=1e-3, batch_size=8, warmup_epochs=0.0),
-    unlearn=dict(epochs=2, batch_size=8, lr=1e-3, warmup_epochs=0.0, dual_warmup_epochs=1),
-    subsets="forget=0:8;holdout=0:8;retain=0:8:2;ra=0:4;wf=0:4",
-    eval_extra=dict(max_new_tokens=4, bucket_multiple=64, generation_batch_size=32, progress=False),
-)
-
-
-# The TOFU-format fixtures (tests/fixtures/tofu): 24 rows of `full`, forget01 = its last 8 (real TOFU:
-# 4000 rows, forget01 = rows 3960:4000, tofu_mini.FORGET_ROWS).
-FIXTURE_FORGET_ROWS = "16:24"
-N_FORGET = 8
+pytestmark = pytest.mark.xdist_group("tofu_bench")  # its module fixtures run once, on one xdist worker
 
 
 @pytest.fixture
@@ -33,21 +21,8 @@ def fixture_data(monkeypatch):
     return str(TOFU_FIXTURES)
 
 
-@pytest.fixture(scope="module")
-def mini(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tofu_mini")
-    model = make_tiny_model_dir(root / "tiny")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tofu_mini, "FORGET_ROWS", FIXTURE_FORGET_ROWS)
-        mp.setitem(tofu_mini.PRESETS, "tiny", TINY)
-        res = tofu_mini.run(
-            "tiny", root / "work", root / "out", ["pdu", "grad_diff"], str(model), str(TOFU_FIXTURES)
-        )
-    return root, res
-
-
-def test_every_stage_and_the_report(mini):
-    root, res = mini
+def test_every_stage_and_the_report(tofu_mini_run):
+    root, res = tofu_mini_run
     work, out = root / "work", root / "out"
     for stage in ("target", "retain", "eval_retain", "eval_target", "pdu", "pdu/eval", "grad_diff/eval"):
         assert (work / stage / "DONE.json").exists(), stage
@@ -74,8 +49,8 @@ def test_every_stage_and_the_report(mini):
     assert "PDU (logit margin, primal-dual)" in md and "forget_quality" in md
 
 
-def test_rerun_is_cached(mini, fixture_data):
-    root, res = mini
+def test_rerun_is_cached(tofu_mini_run, fixture_data):
+    root, res = tofu_mini_run
     again = tofu_mini.run("tiny", root / "work", root / "out2", ["pdu"], "unused-model", fixture_data)
     assert again["rows"]["pdu"]["summary"] == res["rows"]["pdu"]["summary"]
     # the recorded command regenerates this table: its own work dir and output folder, its methods

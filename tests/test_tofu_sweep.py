@@ -5,10 +5,11 @@ import json
 
 import pytest
 from conftest import TOFU_FIXTURES
-from test_tofu_mini import FIXTURE_FORGET_ROWS, TINY
-from tiny_model import make_tiny_model_dir
+from tofu_tiny import FIXTURE_FORGET_ROWS, TINY
 
 from bench import tofu_mini, tofu_sweep
+
+pytestmark = pytest.mark.xdist_group("tofu_bench")  # its module fixtures run once, on one xdist worker
 
 
 def test_pareto_front():
@@ -18,28 +19,32 @@ def test_pareto_front():
 
 def test_entries_set_the_rule_the_bound_and_the_weight():
     e = tofu_sweep.entries()
-    assert len(e) == 2 * len(tofu_sweep.EPS_ALPHAS) + 2 * len(tofu_sweep.WEIGHTS)
+    assert len(e) == 2 * len(tofu_sweep.PDU_LRS) * len(tofu_sweep.EPS_ALPHAS) + 2 * len(tofu_sweep.WEIGHTS)
     c = tofu_sweep.config(e["pdu_gda_eps0.25"], tofu_mini.PRESETS["mini"], "t", str(TOFU_FIXTURES))
     assert (c.dual.rule, c.dual.eps, c.dual.eps_alpha, c.dual.warmup_epochs) == ("gda", None, 0.25, 0)
     assert c.dual.normalize_forget and c.dual.relative and c.solver == "primal_dual"
+    assert c.optim.lr == tofu_mini.PRESETS["mini"]["unlearn"]["lr"]  # the protocol's rate
+    c = tofu_sweep.config(e["pdu_alm_lr5e-5_eps0.1"], tofu_mini.PRESETS["mini"], "t", str(TOFU_FIXTURES))
+    assert (c.optim.lr, c.dual.rule, c.dual.eps_alpha) == (5e-5, "alm", 0.1)
     c = tofu_sweep.config(e["npo_alpha5"], tofu_mini.PRESETS["mini"], "t", str(TOFU_FIXTURES))
     assert (c.method, c.solver, c.method_args.alpha) == ("npo", "scalarized", 5.0)
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tofu_sweep")
-    model = make_tiny_model_dir(root / "tiny")
+def sweep(tofu_mini_run):
+    """Two runs, then a call with one more; the target, retain model and their evaluations are the tiny
+    tofu_mini run's (same protocol, same work dir)."""
+    root = tofu_mini_run[0]
     names = ["pdu_alm_eps0.5", "grad_diff_alpha1"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tofu_mini, "FORGET_ROWS", FIXTURE_FORGET_ROWS)
         mp.setitem(tofu_mini.PRESETS, "mini", TINY)
         mp.setattr(tofu_sweep, "EPS_ALPHAS", (0.5,))
         mp.setattr(tofu_sweep, "WEIGHTS", (1.0,))
-        res = tofu_sweep.run(root / "work", root / "out", names, str(TOFU_FIXTURES), str(model))
+        res = tofu_sweep.run(root / "work", root / "sweep_out", names, str(TOFU_FIXTURES), "unused")
         # a later call with one more run: the finished ones come from their stages
         more = tofu_sweep.run(
-            root / "work", root / "out", [*names, "npo_alpha1"], str(TOFU_FIXTURES), "unused"
+            root / "work", root / "sweep_out", [*names, "npo_alpha1"], str(TOFU_FIXTURES), "unused"
         )
     return root, res, more
 
@@ -49,12 +54,16 @@ def test_sweep_runs_and_reports(sweep):
     pdu = res["rows"]["pdu_alm_eps0.5"]
     done = json.loads((root / "work" / "sweep" / "pdu_alm_eps0.5" / "DONE.json").read_text())["summary"]
     assert done["dual_rule"] == "alm" and done["eps"] == pytest.approx(pdu["eps"]) and pdu["eps"] > 0
-    assert pdu["constraint_satisfied"] == (pdu["final_retain_loss"] <= pdu["eps"])
+    assert pdu["constraint_satisfied"] == (pdu["final_model_retain_loss"] <= pdu["eps"])  # the final model
+    assert pdu["last_epoch_satisfied"] == (pdu["final_retain_loss"] <= pdu["eps"])
+    assert pdu["final_model_retain_loss"] == pytest.approx(done["final_model_retain_loss"])
+    tl = res["references"]["target_retain_loss"]
+    assert tl["eps_rows"] == pytest.approx(pdu["eps"] / 1.5, rel=1e-4)  # ε = (1 + 0.5)·L_r(target)
     assert res["rows"]["grad_diff_alpha1"]["eps"] is None  # baselines have no bound to report
     assert set(res["pareto_front"]) <= {*res["rows"], "target"} and res["pareto_front"]
     for name in ("results.md", "results.json", "eps_diagonal.png", "pareto.png"):
-        assert (root / "out" / name).stat().st_size > 100
-    md = (root / "out" / "results.md").read_text()
+        assert (root / "sweep_out" / name).stat().st_size > 100
+    md = (root / "sweep_out" / "results.md").read_text()
     assert "PDU alm, ε = 1.5·L_r(target)" in md and "GradDiff, retain weight α = 1" in md
     assert "Not run yet" not in md
     assert more["rows"]["pdu_alm_eps0.5"] == pdu  # cached, not rerun
