@@ -66,11 +66,11 @@ def entries() -> dict[str, dict]:
                 lr=None,
             )
     # Run order (results are written after each run): the default recipe at both rates, one point of each
-    # baseline, the other trade-off weights, then gda.
+    # baseline, the other trade-off weights, then gda (at 5e-5 first).
     first = [k for k in out if k.startswith("pdu_alm")]
     order = [*first, "grad_diff_alpha1", "npo_alpha1"]
     order += [f"{m}_alpha{w:g}" for w in WEIGHTS[1:] for m in ("grad_diff", "npo")]
-    order += [k for k in out if k.startswith("pdu_gda")]
+    order += sorted((k for k in out if k.startswith("pdu_gda")), key=lambda k: "_lr" not in k)
     assert sorted(order) == sorted(out)
     return {k: out[k] for k in order}
 

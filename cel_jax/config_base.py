@@ -71,6 +71,7 @@ def _dual(**over) -> dict:
         rho=1.0,  # alm: penalty coefficient ρ
         eps=config_dict.placeholder(float),
         eps_alpha=config_dict.placeholder(float),
+        # retain rows (the first N; None: all) of L_r(π_ref) for eps_alpha, and of the final model's check
         eps_ref_items=config_dict.placeholder(int),
         lam_max=config_dict.placeholder(float),
         warmup_epochs=0,  # epochs with λ held at λ0 before the rule runs (the authors' warm start)

@@ -399,7 +399,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         "resumed_from": start_step,
         "lm_head_rows": {p: c for p, c in spec.answer_rows} or "all",  # rows kept per sequence, per part
     }
-    final_params = state.params
+    final_params = state.params  # the same arrays as `final`'s
     state = ref_params = consts = None  # only the weights are needed from here: optimizer state freed
     hostmem.release()
     if mode == "unlearn" and eps > 0 and log.path.exists():
@@ -409,7 +409,6 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
         lr_final = _reference_retain_loss(cfg, final_params, graphdef, td, mesh)  # ε's rows, final weights
         tol = float(cfg.dual.get("tolerance", 0.0) or 0.0)
         summary.update(feasibility.report(rows, eps, tol, final_model_retain_loss=lr_final))
-    final_params = None
     report = None
     if before is not None:
         after = before_after.snapshot(final, tok, td, report_cfg)
