@@ -39,8 +39,8 @@ def entries() -> dict[str, dict]:
     """name -> {family, label, x (a or alpha), method, solver, method_args, dual, lr (None: protocol's)}."""
     out = {}
     for lr in PDU_LRS:
-        tag, rate = ("", "") if lr is None else (f"_lr{lr:.0e}".replace("e-0", "e-"), f" lr {lr:.0e}")
-        rate = rate.replace("e-0", "e-")
+        r = "" if lr is None else f"{lr:.0e}".replace("e-0", "e-")  # 5e-5
+        tag, rate = (f"_lr{r}", f" lr {r}") if r else ("", "")
         for rule in ("alm", "gda"):
             for a in EPS_ALPHAS:
                 out[f"pdu_{rule}{tag}_eps{a:g}"] = dict(
