@@ -9,8 +9,6 @@ import pytest
 
 from cel_jax import embedded, generate, hf_io
 
-pytestmark = pytest.mark.xdist_group("embedded")  # its module fixtures run once, on one xdist worker
-
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # transformers needs it to load GGUF files

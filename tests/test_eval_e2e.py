@@ -24,8 +24,6 @@ from cel_jax.evaluation import forward as F
 from cel_jax.evaluation import metrics as M
 from cel_jax.model import Llama, LlamaConfig
 
-pytestmark = pytest.mark.xdist_group("eval_e2e")  # its module fixtures run once, on one xdist worker
-
 MUSE_DIR = Path(__file__).parent / "fixtures" / "muse"
 N = 4  # max_items
 RUN2_METRICS = (

@@ -20,8 +20,6 @@ from tiny_model import make_tiny_model_dir
 from cel_jax import checkpoint, errors, hf_io, run_dir, train
 from cel_jax import step as step_lib
 
-pytestmark = pytest.mark.xdist_group("rerun")  # its module fixtures run once, on one xdist worker
-
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -10,8 +10,6 @@ from tiny_model import make_tiny_model_dir
 
 from bench import tofu_full
 
-pytestmark = pytest.mark.xdist_group("tofu_full")  # its module fixtures run once, on one xdist worker
-
 STAGES = ("target", "retain99", "eval_retain99", "eval_target01", "pdu01", "pdu01/eval")
 
 

@@ -11,8 +11,6 @@ from tofu_tiny import FIXTURE_FORGET_ROWS, N_FORGET, TINY
 
 from bench import tofu_mini
 
-pytestmark = pytest.mark.xdist_group("tofu_bench")  # its module fixtures run once, on one xdist worker
-
 
 @pytest.fixture
 def fixture_data(monkeypatch):

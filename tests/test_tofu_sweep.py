@@ -9,8 +9,6 @@ from tofu_tiny import FIXTURE_FORGET_ROWS, TINY
 
 from bench import tofu_mini, tofu_sweep
 
-pytestmark = pytest.mark.xdist_group("tofu_bench")  # its module fixtures run once, on one xdist worker
-
 
 def test_pareto_front():
     pts = {"a": (0.3, 0.5), "b": (0.2, 0.9), "c": (0.2, 0.4), "d": (0.3, 0.5)}
