@@ -1,6 +1,7 @@
 """Does the bound hold on TOFU? PDU at several ε against GradDiff and NPO at several trade-off weights.
 
   python -m bench.tofu_sweep [--workdir runs/tofu_mini] [--out results/tofu_sweep] [--only NAME,...]
+                            [--finished-only]   (report the finished runs; the rest are listed as not run)
 
 Same protocol as `bench.tofu_mini --preset mini` (its target, retain model and their evaluations are
 reused from the same work dir, or made first), then for forget01:
@@ -102,7 +103,9 @@ def pareto(points: dict[str, tuple[float, float]]) -> set[str]:
     return front
 
 
-def run(workdir: Path, out: Path, names: list[str], data_dir: str, model: str) -> dict:
+def run(
+    workdir: Path, out: Path, names: list[str], data_dir: str, model: str, finished_only: bool = False
+) -> dict:
     allx = entries()
     bad = [n for n in names if n not in allx]
     if bad:
@@ -124,6 +127,8 @@ def run(workdir: Path, out: Path, names: list[str], data_dir: str, model: str) -
     for name in names:
         e = allx[name]
         st = workdir / "sweep" / name
+        if finished_only and not (tm._done(st) and tm._done(st / "eval")):
+            continue  # listed as not run
         cfg = config(e, preset, target_model, data_dir)
         tr = tm.train_stage(st, cfg, "unlearn")
         ev = tm.eval_stage(st / "eval", st / "model", ov)
@@ -346,6 +351,7 @@ def main(argv=None) -> None:
     ap.add_argument("--workdir", default=str(tm.DEFAULT_WORKDIR))
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--only", default="", help="comma-separated entry names (default: all, in order)")
+    ap.add_argument("--finished-only", action="store_true", help="report the finished runs, start no new one")
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--data", default=None, help="folder of TOFU JSONL files (default: $CEL_JAX_TOFU_DIR)")
     a = ap.parse_args(argv)
@@ -359,7 +365,7 @@ def main(argv=None) -> None:
         ap.error("no TOFU data: pass --data=/path/to/tofu or set CEL_JAX_TOFU_DIR")
     compilation_cache(jax)
     names = [n for n in a.only.split(",") if n] or list(entries())
-    run(Path(a.workdir), Path(a.out), names, a.data, a.model)
+    run(Path(a.workdir), Path(a.out), names, a.data, a.model, a.finished_only)
     print(Path(a.out, "results.md").read_text())
 
 

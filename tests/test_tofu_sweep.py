@@ -44,6 +44,12 @@ def sweep(tofu_mini_run):
         more = tofu_sweep.run(
             root / "work", root / "sweep_out", [*names, "npo_alpha1"], str(TOFU_FIXTURES), "unused"
         )
+        # a report of what is finished: nothing new starts, the rest is listed
+        part = tofu_sweep.run(
+            root / "work", root / "part_out", [*names, "pdu_gda_eps0.5"], str(TOFU_FIXTURES), "unused", True
+        )
+    assert part["not_run"] == ["pdu_gda_eps0.5"] and set(part["rows"]) == set(names)
+    assert not (root / "work" / "sweep" / "pdu_gda_eps0.5").exists()
     return root, res, more
 
 
