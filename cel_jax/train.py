@@ -8,6 +8,7 @@ feeds its own slice (`host_slice`) into global arrays.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -494,7 +495,10 @@ def _emit(log: MetricsLog, bar, pending, eps: float) -> None:
     )
 
 
+@functools.lru_cache(maxsize=4)
 def _retain_nll_fn(graphdef):
+    """One jitted retain forward per model structure: ε's reference pass, every epoch-mode pass and the
+    final model's check reuse its compiled programs instead of tracing a new function each time."""
     return jax.jit(lambda p, part: step_lib.retain_nll_sums(p, part, graphdef))
 
 
