@@ -348,7 +348,8 @@ def _unlearn_cfg(method: str, solver: str, lam0: float, eps: float, dual_lr: flo
 
     cfg = config_base.unlearn_config()
     cfg.method, cfg.solver = method, solver
-    cfg.dual.lam0, cfg.dual.eps, cfg.dual.lr, cfg.dual.mode = lam0, eps, dual_lr, "step"
+    # the authors' Lagrangian L_f + λ (L_r − ε) with gda, as the PyTorch reference step computes it
+    cfg.dual = config_base.authors_dual(lam0=lam0, eps=eps, lr=dual_lr, mode="step")
     return cfg
 
 

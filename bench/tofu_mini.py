@@ -117,12 +117,12 @@ def unlearn_cfg(preset: dict, target: str, data_dir: str, name: str):
     c.solver = solver
     for k, v in args.items():
         c.method_args[k] = v
-    c.dual.lam0 = 100.0
-    c.dual.lr = DUAL_LR.get(name, 5.0)
-    c.dual.eps = None
-    c.dual.eps_alpha = 0.25  # ε = 1.25 x the target's own retain loss (see bench/README.md)
-    c.dual.warmup_epochs = u["dual_warmup_epochs"]
-    c.dual.mode = "step"
+    from cel_jax import config_base
+
+    # the authors' gda, λ0 100, η 5; ε = 1.25 x the target's own retain loss (see bench/README.md)
+    c.dual = config_base.authors_dual(
+        lr=DUAL_LR.get(name, 5.0), eps=None, eps_alpha=0.25, warmup_epochs=u["dual_warmup_epochs"]
+    )
     return c
 
 

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cel_jax import hostmem
 from cel_jax.model.llama import Llama, init_cache
 
 
@@ -43,7 +44,9 @@ def _prefill(model: Llama, ids_BP, mask_BP, max_new_tokens: int):
     return nxt_B, cache, kv_mask_BS, jnp.zeros((B,), bool), pos_BP[:, -1]
 
 
-@functools.partial(jax.jit, static_argnames=("steps", "max_new_tokens"))
+# The decode state (its KV cache: 1.8 GB for 128 SmolLM2 rows of 300 slots) is donated, so a segment
+# updates the cache in place instead of holding the old and the new one.
+@functools.partial(jax.jit, static_argnames=("steps", "max_new_tokens"), donate_argnames=("state",))
 def _decode(model: Llama, state, eos_ids, start, steps: int, max_new_tokens: int):
     """Greedy steps start .. start+steps-1 (stopping early once every row is done or at max_new_tokens).
     Returns (state, out_BN: the tokens emitted, -1 where no step ran, next step index)."""
@@ -210,6 +213,7 @@ def greedy_generate(
         )
         for i, o in zip(idx, outs, strict=True):
             results[i] = o
+        hostmem.release()  # the batch's KV cache pages go back to the OS before the next one is allocated
     return results
 
 

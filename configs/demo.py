@@ -26,15 +26,10 @@ def get_config():
     c.epochs = 10
     c.optim.lr = 2e-4
     c.optim.warmup_epochs = 0.5
-    c.dual.rule = "alm"  # augmented Lagrangian: gda plus a quadratic penalty (why: docs/dual.md)
-    c.dual.normalize_forget = True  # L_f / L_f(θ0): the forget term starts at 1
-    c.dual.relative = True  # violation L_r / ε − 1: the gains below do not depend on the loss scale
-    c.dual.lam0 = 1.0
-    c.dual.lr = 1.0
-    c.dual.rho = 10.0
-    c.dual.eps = None
-    c.dual.eps_alpha = 1.0  # ε = 2 × the target's own retain loss before unlearning
-    c.dual.warmup_epochs = 0
+    # The package's default dual (cel_jax/config_base.py, why: docs/dual.md): alm, an augmented Lagrangian
+    # (gda plus a quadratic penalty), L_f / L_f(θ0) and the violation L_r / ε − 1, so the gains λ0 1,
+    # η 1, ρ 10 do not depend on the loss scale; ε = 2 × the target's own retain loss before unlearning.
+    assert c.dual.rule == "alm" and c.dual.eps_alpha == 1.0
     c.ckpt.every = 20
     c.ckpt.async_save = False  # an async save holds a second copy of the 1.6 GB state while it writes
     c.report.enabled = True

@@ -6,7 +6,7 @@ MUSE trains on raw text chunks (`raw/forget`, `raw/retain1`, 2048 tokens); the r
 engine is not wired yet, so this config documents the settings and runs through `cel-jax plan`.
 """
 
-from cel_jax.config_base import unlearn_config
+from cel_jax.config_base import authors_dual, unlearn_config
 
 
 def get_config(corpus: str = "news"):
@@ -25,8 +25,5 @@ def get_config(corpus: str = "news"):
     c.optim.schedule = "constant"
     c.optim.warmup_epochs = 0.0
     c.optim.weight_decay = 0.0
-    c.dual.lam0 = 50.0
-    c.dual.lr = 1.0
-    c.dual.eps = {"news": 1.5, "books": 0.1}[corpus]
-    c.dual.warmup_epochs = 3
+    c.dual = authors_dual(lam0=50.0, lr=1.0, eps={"news": 1.5, "books": 0.1}[corpus], warmup_epochs=3)
     return c

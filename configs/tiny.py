@@ -1,6 +1,6 @@
 """A tiny smoke configuration (tests and quick checks): give --config.model.name_or_path=DIR."""
 
-from cel_jax.config_base import unlearn_config
+from cel_jax.config_base import authors_dual, unlearn_config
 
 
 def get_config():
@@ -14,10 +14,7 @@ def get_config():
     c.epochs = 3
     c.optim.lr = 1e-3
     c.optim.warmup_epochs = 0.0
-    c.dual.lam0 = 1.0
-    c.dual.lr = 0.5
-    c.dual.eps = 3.0
-    c.dual.warmup_epochs = 1
+    c.dual = authors_dual(lam0=1.0, lr=0.5, eps=3.0, warmup_epochs=1)  # gda: λ's path is easy to pin
     c.max_steps = 4
     c.ckpt.every = 2
     c.ckpt.async_save = False

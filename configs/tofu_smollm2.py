@@ -6,7 +6,7 @@ the untouched embedded model has not seen TOFU.
   cel-jax unlearn --config=configs/tofu_smollm2.py --config.model.name_or_path=runs/target/model --workdir=...
 """
 
-from cel_jax.config_base import unlearn_config
+from cel_jax.config_base import authors_dual, unlearn_config
 
 
 def get_config(split: str = "forget01"):
@@ -17,9 +17,6 @@ def get_config(split: str = "forget01"):
     c.batch_size = 8
     c.grad_accum = 4
     c.epochs = 10
-    c.dual.lam0 = 100.0
-    c.dual.lr = 5.0
-    c.dual.eps = 0.3
-    c.dual.warmup_epochs = 5
+    c.dual = authors_dual()
     c.eval.overrides.forget_split = split  # --config.eval.enabled=True evaluates the result in-process
     return c

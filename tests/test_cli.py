@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 
 from cel_jax import cli, errors
-from cel_jax.config_base import finetune_config, unlearn_config
+from cel_jax.config_base import authors_dual, finetune_config, unlearn_config
 
 
 def _cli(*args, env=None, timeout=300):
@@ -159,12 +159,14 @@ def test_eps_and_eps_alpha_the_one_given_wins():
     assert cli.resolve_exclusive(c, ["dual.eps"]) == ["dual.eps_alpha"]
     assert c.dual.eps == 0.5 and c.dual.eps_alpha is None
 
-    c = unlearn_config()  # eps 0.3
+    c = unlearn_config()
+    c.dual = authors_dual()  # eps 0.3
     c.dual.eps_alpha = 0.1  # --config.dual.eps_alpha=0.1
     assert cli.resolve_exclusive(c, ["dual.eps_alpha", "optim.lr"]) == ["dual.eps"]
     assert c.dual.eps is None and c.dual.eps_alpha == 0.1
 
     c = unlearn_config()
+    c.dual = authors_dual()
     c.dual.eps_alpha = 0.1  # both given explicitly: left to validation ("not both")
     assert cli.resolve_exclusive(c, ["dual.eps_alpha", "dual.eps"]) == []
     assert c.dual.eps == 0.3 and c.dual.eps_alpha == 0.1

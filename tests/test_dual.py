@@ -129,7 +129,8 @@ def test_eps_from_reference():
 
 
 def test_validate_names_the_bad_key():
-    base = config_base.unlearn_config().dual
+    dual.validate(config_base.unlearn_config().dual)  # the package default
+    base = config_base.authors_dual()
     for rule in dual.RULES:
         for mode in dual.MODES:
             d = ml_collections.ConfigDict(base.to_dict())
@@ -171,3 +172,23 @@ def test_dual_settings_in_method_args_name_the_right_key(key, right):
     cfg.method_args[key] = 1.0
     with pytest.raises(ValueError, match=rf"--config\.dual\.{right}="):
         train.validate_config(cfg, "unlearn")
+
+
+def test_the_default_rule_is_the_measured_recipe_and_the_authors_configs_keep_gda():
+    """The package default is the recipe the TOFU-mini sweep and the main job measured (docs/dual.md);
+    the configs that reproduce the authors' runs keep their gda, λ0 100, η 5, ε 0.3, 5 warm-start epochs."""
+    from bench import tofu_sweep
+
+    d = config_base.unlearn_config().dual
+    assert (d.rule, d.eps, d.eps_alpha, d.normalize_forget, d.relative) == ("alm", None, 1.0, True, True)
+    assert {k: d[k] for k in tofu_sweep.DUAL} == tofu_sweep.DUAL  # the gains the sweep measured
+    for d in (config_base.tofu_pdu_config("t", 10).dual, config_base.authors_dual()):
+        assert (d.rule, d.lam0, d.lr, d.eps, d.eps_alpha, d.warmup_epochs) == (
+            "gda",
+            100.0,
+            5.0,
+            0.3,
+            None,
+            5,
+        )
+        assert not d.normalize_forget and not d.relative

@@ -17,13 +17,20 @@ def test_pareto_front():
 
 def test_entries_set_the_rule_the_bound_and_the_weight():
     e = tofu_sweep.entries()
-    assert len(e) == 2 * len(tofu_sweep.PDU_LRS) * len(tofu_sweep.EPS_ALPHAS) + 2 * len(tofu_sweep.WEIGHTS)
+    n_long = sum(len(r[3]) for r in tofu_sweep.LONG_RUNS)
+    assert (
+        len(e)
+        == 2 * len(tofu_sweep.PDU_LRS) * len(tofu_sweep.EPS_ALPHAS) + 2 * len(tofu_sweep.WEIGHTS) + n_long
+    )
     c = tofu_sweep.config(e["pdu_gda_eps0.25"], tofu_mini.PRESETS["mini"], "t", str(TOFU_FIXTURES))
     assert (c.dual.rule, c.dual.eps, c.dual.eps_alpha, c.dual.warmup_epochs) == ("gda", None, 0.25, 0)
     assert c.dual.normalize_forget and c.dual.relative and c.solver == "primal_dual"
     assert c.optim.lr == tofu_mini.PRESETS["mini"]["unlearn"]["lr"]  # the protocol's rate
     c = tofu_sweep.config(e["pdu_alm_lr5e-5_eps0.1"], tofu_mini.PRESETS["mini"], "t", str(TOFU_FIXTURES))
     assert (c.optim.lr, c.dual.rule, c.dual.eps_alpha) == (5e-5, "alm", 0.1)
+    assert c.epochs == tofu_mini.PRESETS["mini"]["unlearn"]["epochs"]
+    c = tofu_sweep.config(e["pdu_alm_lr5e-5_ep8_eps0.5"], tofu_mini.PRESETS["mini"], "t", str(TOFU_FIXTURES))
+    assert (c.optim.lr, c.epochs, c.dual.rule, c.dual.eps_alpha) == (5e-5, 8, "alm", 0.5)
     c = tofu_sweep.config(e["npo_alpha5"], tofu_mini.PRESETS["mini"], "t", str(TOFU_FIXTURES))
     assert (c.method, c.solver, c.method_args.alpha) == ("npo", "scalarized", 5.0)
 

@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from cel_jax import answer_rows
+from cel_jax import answer_rows, hostmem
 from cel_jax import generate as gen
 from cel_jax.evaluation import ghost as ghost_lib
 from cel_jax.evaluation import metrics as M
@@ -339,7 +339,7 @@ def group_stats(
     splits = [_shared_split(g) for g in groups] if (share_prefix and J > 1) else []
     if splits and min(splits) >= 1:
         with _progress(len(groups), desc, progress) as bar:
-            return _prefix_groups(
+            shared = _prefix_groups(
                 model,
                 groups,
                 splits,
@@ -350,6 +350,8 @@ def group_stats(
                 n_full=n_full,
                 bar=bar,
             )
+        hostmem.release()  # the set's logits pages go back to the OS (glibc keeps them otherwise)
+        return shared
     # Plain full-sequence rows (single answers, or prompts that cannot be shared); progress in rows.
     flat = [it for g in groups for it in g]
     rows: list[RowStats | None] = [None] * len(flat)
@@ -370,6 +372,7 @@ def group_stats(
             )
             for i, r in zip(sel, sub, strict=True):
                 rows[i] = r
+    hostmem.release()  # the set's logits pages go back to the OS (glibc keeps them otherwise)
     return [rows[g * J : (g + 1) * J] for g in range(len(groups))]  # type: ignore[misc]
 
 
@@ -444,6 +447,7 @@ def gradnorm_scores(
                 for g, r in enumerate(rows):
                     out[idx[r]] = float(scores[g])
                 bar.update(len(rows))
+    hostmem.release()
     return out
 
 
