@@ -236,11 +236,12 @@ def markdown(res: dict) -> str:
     lines = [
         "# TOFU-mini sweep: does PDU keep the bound, and where does it sit on the Pareto front?",
         "",
-        f"Regenerate: `{res['command']}` (stages cached in runs/tofu_mini/; about 8 min per row on 2 cores).",
+        f"Regenerate: `{res['command']}` (stages cached in runs/tofu_mini/; about 8 min per 2-epoch row"
+        " and 30 per 8-epoch row on 2 cores).",
         "",
         "Protocol: `bench.tofu_mini --preset mini` (universe TOFU `full` rows 0:80 + forget01, SmolLM2-135M"
         " fine-tuned 5 epochs; unlearning 2 epochs, 4 forget + 4 retain rows per step, lr 2e-4 for every"
-        " method, PDU also at 5e-5). PDU: ε = (1 + a)·L_r(target), dual "
+        " method, PDU also at 5e-5, and at 5e-5 for 8 epochs). PDU: ε = (1 + a)·L_r(target), dual "
         + ", ".join(f"{k} {v}" for k, v in res["dual"].items())
         + ". GradDiff and NPO: retain weight α.",
         "",
@@ -306,7 +307,7 @@ def plots(res: dict, out: Path) -> None:
 
     rows = res["rows"]
     fams = sorted({r["family"] for r in rows.values()})
-    marks = dict(zip(fams, "*soD^v", strict=False))
+    marks = dict(zip(fams, "*soD^vPXh<>", strict=False))
     fig = Figure(figsize=(5.5, 5))
     ax = fig.add_subplot()
     pdu = [r for r in rows.values() if r["eps"] and r.get("final_model_retain_loss") is not None]

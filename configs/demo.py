@@ -26,10 +26,9 @@ def get_config():
     c.epochs = 10
     c.optim.lr = 2e-4
     c.optim.warmup_epochs = 0.5
-    # The package's default dual (cel_jax/config_base.py, why: docs/dual.md): alm, an augmented Lagrangian
-    # (gda plus a quadratic penalty), L_f / L_f(θ0) and the violation L_r / ε − 1, so the gains λ0 1,
-    # η 1, ρ 10 do not depend on the loss scale; ε = 2 × the target's own retain loss before unlearning.
-    assert c.dual.rule == "alm" and c.dual.eps_alpha == 1.0
+    # The dual is the package default (config_base.DEFAULT_DUAL, why: docs/dual.md): alm, an augmented
+    # Lagrangian (gda plus a quadratic penalty), L_f / L_f(θ0) and the violation L_r / ε − 1, so the gains
+    # λ0 1, η 1, ρ 10 do not depend on the loss scale; ε = 2 × the target's own retain loss before unlearning.
     c.ckpt.every = 20
     c.ckpt.async_save = False  # an async save holds a second copy of the 1.6 GB state while it writes
     c.report.enabled = True
