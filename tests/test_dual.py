@@ -182,13 +182,7 @@ def test_the_default_rule_is_the_measured_recipe_and_the_authors_configs_keep_gd
     d = config_base.unlearn_config().dual
     assert (d.rule, d.eps, d.eps_alpha, d.normalize_forget, d.relative) == ("alm", None, 1.0, True, True)
     assert {k: d[k] for k in tofu_sweep.DUAL} == tofu_sweep.DUAL  # the gains the sweep measured
+    authors = ("gda", 100.0, 5.0, 0.3, None, 5)
     for d in (config_base.tofu_pdu_config("t", 10).dual, config_base.authors_dual()):
-        assert (d.rule, d.lam0, d.lr, d.eps, d.eps_alpha, d.warmup_epochs) == (
-            "gda",
-            100.0,
-            5.0,
-            0.3,
-            None,
-            5,
-        )
+        assert (d.rule, d.lam0, d.lr, d.eps, d.eps_alpha, d.warmup_epochs) == authors
         assert not d.normalize_forget and not d.relative
