@@ -194,12 +194,19 @@ def write_failure(exc: BaseException) -> str | None:
 
 
 def _is_echo(exc: BaseException | None) -> bool:
-    """An echo of a failed write: the failure itself, or a callback into Orbax's closed event loop."""
+    """An echo of a failed write: the failure itself, a callback into Orbax's closed event loop, or a
+    sibling write into the abandoned step's temporary folder (TensorStore's NOT_FOUND once the manager
+    has removed it). Each of these also reaches the manager's own future, which `_reported` raises once."""
     if exc is None:
         return False
     if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
         return True
+    if _TMP_WRITE.match(str(exc)):
+        return True
     return write_failure(exc) is not None
+
+
+_TMP_WRITE = re.compile(r"^[A-Z_]+: .*\.orbax-checkpoint-tmp", re.DOTALL)
 
 
 class _EchoFilter(logging.Filter):

@@ -33,9 +33,21 @@ needs_real_tofu = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session")
-def tofu_mini_run(tmp_path_factory):
-    """bench.tofu_mini's tiny run (tests/tofu_tiny.py), once per session: bench.tofu_sweep's test reuses
-    its base stages."""
+def tofu_mini_run(tmp_path_factory, worker_id):
+    """bench.tofu_mini's tiny run (tests/tofu_tiny.py), once per test session even under pytest-xdist: the
+    first worker to ask runs it in the workers' shared temporary folder, the others wait and read its
+    result (test_tofu_mini.py and test_tofu_sweep.py usually run on different workers)."""
+    import pickle
+
+    from filelock import FileLock
     from tofu_tiny import run_mini
 
-    return run_mini(tmp_path_factory.mktemp("tofu_mini"))
+    if worker_id == "master":
+        return run_mini(tmp_path_factory.mktemp("tofu_mini"))
+    root = tmp_path_factory.getbasetemp().parent / "tofu_mini_shared"
+    done = root.with_suffix(".pkl")
+    with FileLock(str(root.with_suffix(".lock"))):
+        if not done.exists():
+            root.mkdir(exist_ok=True)
+            done.write_bytes(pickle.dumps(run_mini(root)))
+        return pickle.loads(done.read_bytes())
