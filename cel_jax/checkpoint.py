@@ -169,6 +169,8 @@ def _reported(mgr: ocp.CheckpointManager, step: int):
 
 
 _STATUS = re.compile(r"^(RESOURCE_EXHAUSTED|PERMISSION_DENIED|UNAVAILABLE|DEADLINE_EXCEEDED): ")
+# a TensorStore status error about a file inside a step still being written
+_TMP_WRITE = re.compile(r"^[A-Z_]+: .*\.orbax-checkpoint-tmp", re.DOTALL)
 
 
 def write_failure(exc: BaseException) -> str | None:
@@ -204,9 +206,6 @@ def _is_echo(exc: BaseException | None) -> bool:
     if _TMP_WRITE.match(str(exc)):
         return True
     return write_failure(exc) is not None
-
-
-_TMP_WRITE = re.compile(r"^[A-Z_]+: .*\.orbax-checkpoint-tmp", re.DOTALL)
 
 
 class _EchoFilter(logging.Filter):
