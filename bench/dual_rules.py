@@ -39,7 +39,7 @@ def demo_config():
 
 
 def run_one(name: str, alpha: float, workdir: Path) -> dict:
-    from cel_jax import train
+    from cel_jax.training import train
 
     cfg = demo_config()
     for k, v in RULES[name].items():

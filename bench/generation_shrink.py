@@ -39,11 +39,11 @@ def main() -> None:
 
     from bench.tofu_mini import PRESETS
     from cel_jax import data as D
-    from cel_jax import hf_io
     from cel_jax.evaluation import forward as F
     from cel_jax.evaluation import report as R
     from cel_jax.evaluation import tofu
-    from cel_jax.generate import eos_token_ids
+    from cel_jax.evaluation.generate import eos_token_ids
+    from cel_jax.model import hf_io
 
     model, tok = hf_io.load_pretrained(args.model)
     cfg = tofu.default_config()

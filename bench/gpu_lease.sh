@@ -25,7 +25,7 @@ check() {
   python3 - <<'EOF'
 import jax, jax.numpy as jnp, optax
 from flax import nnx
-import cel_jax.train, cel_jax.evaluation.driver  # noqa: F401  (every module the benchmarks import)
+import cel_jax.training.train, cel_jax.evaluation.driver  # noqa: F401  (every module the benchmarks import)
 m = nnx.Linear(4, 4, rngs=nnx.Rngs(0))
 g = nnx.jit(nnx.grad(lambda m, x: (m(x) ** 2).sum()))(m, jnp.ones((2, 4)))
 st = optax.adamw(1e-3).init(nnx.state(m, nnx.Param))

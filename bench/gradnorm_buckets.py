@@ -47,10 +47,10 @@ def main() -> None:
     import numpy as np
 
     from cel_jax import data as D
-    from cel_jax import hf_io
     from cel_jax.evaluation import forward as F
     from cel_jax.evaluation import report as R
     from cel_jax.evaluation import tofu
+    from cel_jax.model import hf_io
 
     model, tok = hf_io.load_pretrained(args.model)
     cfg = tofu.default_config()

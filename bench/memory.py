@@ -15,7 +15,7 @@ see XLA buffers. Two modes:
            Runs `cel-jax unlearn` in this process with markers around its parts (model load, examples,
            state, ε, first step = trace + compile, steps, checkpoint saves, export, ...): peak RSS inside
            each phase, RSS when it ends, and the bytes of live JAX arrays at its end. `--patch` applies
-           candidate changes of cel_jax/train.py as monkeypatches (see PATCHES), to measure them before
+           candidate changes of training/train.py as monkeypatches (see PATCHES), to measure them before
            the code changes.
 
   eval     python -m bench.memory eval --config configs/eval/tofu.py --workdir DIR [--set key=value ...]
@@ -201,7 +201,7 @@ def _wrap(obj, name: str, ph: Phases, phase: str | None = None, after: str | Non
     return orig
 
 
-# Candidate changes of cel_jax/train.py, as monkeypatches (train.py itself is not edited by this bench).
+# Candidate changes of training/train.py, as monkeypatches (train.py itself is not edited by this bench).
 def _patch_clear_caches(train, ph):
     """jax.clear_caches() + gc.collect() after training, before the export/examples/eval (drops the
     compiled step's executable and the tracing caches that pin its constants)."""
@@ -209,7 +209,7 @@ def _patch_clear_caches(train, ph):
 
     import jax
 
-    from cel_jax import checkpoint
+    from cel_jax.training import checkpoint
 
     orig = checkpoint.finish
 
@@ -254,13 +254,13 @@ def _load_config(path: str, sets: list[str]):
 
 
 def _jax_setup():
-    from cel_jax import cli
+    from cel_jax.cli import flags as cli
 
     cli.quiet_environment(False)  # as `cel-jax` does, before transformers is imported
     cli.quiet_logging(False, [])
     import jax
 
-    from cel_jax import main
+    from cel_jax.cli import main
 
     main.compilation_cache(jax)
     return jax
@@ -269,7 +269,9 @@ def _jax_setup():
 def measure_unlearn(args) -> dict:
     ph = Phases(self_rss_mb, args.interval)
     jax = _jax_setup()
-    from cel_jax import before_after, checkpoint, hf_io, plots, target, train
+    from cel_jax.evaluation import before_after
+    from cel_jax.model import hf_io
+    from cel_jax.training import checkpoint, plots, target, train
 
     cfg = _load_config(args.config, args.set)
     ph.mark("imports done")
@@ -282,9 +284,9 @@ def measure_unlearn(args) -> dict:
     _wrap(checkpoint, "finish", ph, "checkpoint finish (wait)", after="after training")
     _wrap(hf_io, "save_pretrained", ph, "export model")
     _wrap(plots, "training_curves", ph, "plots")
-    # the step's programs are compiled ahead of time, one per batch shape (cel_jax/aot.py)
-    from cel_jax import aot
-    from cel_jax.train_data import TrainData
+    # the step's programs are compiled ahead of time, one per batch shape (cel_jax/scale/aot.py)
+    from cel_jax.data.train_data import TrainData
+    from cel_jax.scale import aot
 
     orig_compile = aot.Programs.compile
 
@@ -346,8 +348,8 @@ def _run_measured(command, cfg, args, ph, jax) -> dict:
 def measure_eval(args) -> dict:
     ph = Phases(self_rss_mb, args.interval)
     jax = _jax_setup()
-    from cel_jax import hf_io
     from cel_jax.evaluation import driver
+    from cel_jax.model import hf_io
 
     cfg = _load_config(args.config, args.set)
     ph.mark("imports done")
@@ -369,7 +371,7 @@ def _eval_hooks() -> dict[str, list[str]]:
         "cel_jax.evaluation.tofu": ["evaluate_split", "_probabilities", "_generation", "_gradnorm"],
         "cel_jax.evaluation.metrics": ["truth_ratio_scores", "gradnorm_scores"],
         "cel_jax.evaluation.forward": ["answer_nll", "option_nlls"],
-        "cel_jax.generate": ["generate_ids", "decode_batch"],
+        "cel_jax.evaluation.generate": ["generate_ids", "decode_batch"],
         "cel_jax.evaluation.ghost": ["item_grad_norms"],
     }
 

@@ -45,8 +45,9 @@ def main() -> None:
     ap.add_argument("--methods", default="")
     ap.add_argument("--out", default=str(ROOT / "results" / "smoke" / "methods_smollm2_forget01.json"))
     args = ap.parse_args()
-    from cel_jax import methods, train
     from cel_jax.data import tofu_dir, tofu_source
+    from cel_jax.training import train
+    from cel_jax.unlearning import methods
 
     names = args.methods.split(",") if args.methods else sorted(methods.METHODS)
     results = {}

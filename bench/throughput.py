@@ -5,7 +5,7 @@ Axes: M micro-batches, B rows per micro-batch (forget or retain), T padded lengt
 L layers, N parameters.
 
 Measured (see bench/README.md, section "throughput"):
-  (1) tokens/s of our jitted PDU step (cel_jax.step.train_step, method pdu, solver primal_dual) vs a
+  (1) tokens/s of our jitted PDU step (unlearning.step.train_step, method pdu, solver primal_dual) vs a
       PyTorch step with the same Lagrangian on transformers' LlamaForCausalLM + torch.optim.AdamW;
   (2) PDU step time / GradDiff (scalarised) step time, same shapes;
   (3) model FLOP/s of our step, 6·N·tokens + 12·L·T·(n_heads·head_dim)·tokens, over a jitted
@@ -355,10 +355,11 @@ def _unlearn_cfg(method: str, solver: str, lam0: float, eps: float, dual_lr: flo
 
 def answer_row_spec(spec, batch: dict, lm_head_rows: str):
     """`spec` with the answer-row capacities the training loop would pick for this batch's sequences
-    (cel_jax.train.answer_row_parts / answer_rows.plan), or none with lm_head_rows="all"."""
+    (cel_jax.training.train.answer_row_parts / answer_rows.plan), or none with lm_head_rows="all"."""
     import ml_collections
 
-    from cel_jax import answer_rows, train
+    from cel_jax.training import train
+    from cel_jax.unlearning import answer_rows
 
     parts = train.answer_row_parts(ml_collections.ConfigDict({"lm_head_rows": lm_head_rows}), spec)
     labels = {p: part["labels"].reshape(-1, part["labels"].shape[-1]) for p, part in batch.items()}
@@ -377,15 +378,15 @@ def make_jax_step(
     params=None,
     lm_head_rows: str = "answers",
 ) -> dict:
-    """The training loop's step, wired as cel_jax.train.run does: make_spec (+ answer-row plan),
+    """The training loop's step, wired as cel_jax.training.train.run does: make_spec (+ answer-row plan),
     make_optimizer, create_state, jax.jit(train_step, donate_argnums=0). `params` (pure dict) defaults to
     the model's own arrays."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
 
-    from cel_jax import optim, train
-    from cel_jax import step as step_lib
+    from cel_jax.training import optim, train
+    from cel_jax.unlearning import step as step_lib
 
     cfg = _unlearn_cfg(method, solver, lam0, eps, dual_lr)
     spec = answer_row_spec(train.make_spec(cfg, model.cfg, "unlearn"), batch, lm_head_rows)
@@ -437,8 +438,8 @@ def jax_breakdown(st: dict, batch: dict, reps: int) -> dict:
     import jax
     import optax
 
-    from cel_jax import answer_rows
-    from cel_jax import step as step_lib
+    from cel_jax.unlearning import answer_rows
+    from cel_jax.unlearning import step as step_lib
 
     spec, graphdef, tx = st["spec"], st["graphdef"], st["tx"]
     mb = jax.device_put(jax.tree.map(lambda x: x[0], batch))
@@ -469,12 +470,12 @@ def jax_breakdown(st: dict, batch: dict, reps: int) -> dict:
 
 def loss_head_times(batch: int, seq_len: int, vocab: int, reps: int = 5) -> dict:
     """Value and gradient w.r.t. [B, T, V] logits of the forget term alone, PDU's logit margin vs GradDiff's
-    negated CE (cel_jax.methods.forget_loss), jitted, interleaved: the only work in which the two steps
+    negated CE (unlearning.methods.forget_loss), jitted, interleaved: the only work in which the two steps
     differ (both have the same retain CE and the same model). Medians in seconds."""
     import jax
     import jax.numpy as jnp
 
-    from cel_jax import methods
+    from cel_jax.unlearning import methods
 
     k1, k2 = jax.random.split(jax.random.key(0))
     logits_BTV = 3.0 * jax.random.normal(k1, (batch, seq_len, vocab), jnp.float32)
@@ -523,7 +524,7 @@ def fsdp_param_bytes(model, fsdp: int) -> dict:
     import jax
     from flax import nnx
 
-    from cel_jax import sharding
+    from cel_jax.scale import sharding
 
     mesh = sharding.make_mesh((1, fsdp, 1))
     devs = list(mesh.devices.flat)
@@ -578,7 +579,7 @@ def _fsdp_child(conn, model_name: str, fsdp: int) -> None:
         jax.config.update("jax_num_cpu_devices", fsdp)
         if jax.default_backend() != "cpu" or jax.device_count() != fsdp:
             raise RuntimeError(f"FSDP child: backend {jax.default_backend()}, {jax.device_count()} devices")
-        from cel_jax import hf_io
+        from cel_jax.model import hf_io
 
         model, _ = hf_io.load_pretrained(model_name, with_tokenizer=False)
         out = fsdp_param_bytes(model, fsdp)
@@ -993,7 +994,8 @@ def run(args: argparse.Namespace, res: dict | None = None) -> dict:
     rss: dict[str, float] = {"start": maxrss_mb()}
     import jax
 
-    from cel_jax import data, hf_io
+    from cel_jax import data
+    from cel_jax.model import hf_io
 
     args.data = args.data or (str(data.tofu_dir()) if data.tofu_dir() else None)  # recorded in res["args"]
     if not args.data or not (Path(args.data) / "forget01.jsonl").is_file():
@@ -1096,7 +1098,7 @@ def run(args: argparse.Namespace, res: dict | None = None) -> dict:
 
 def phase_eval(model, tok, worker: TorchWorker, items, prompts, pad_id: int, args) -> dict:
     """(4): first calls (compile / warm-up), then interleaved repetitions of forward + generation."""
-    from cel_jax import generate as gen
+    from cel_jax.evaluation import generate as gen
 
     _log("eval: first calls (compile / warm-up)")
     eos_ids = gen.eos_token_ids(model, tok)
@@ -1535,7 +1537,7 @@ def _md_flops(res: dict) -> list[str]:
         ar = res["all_rows"]
         caps = ", ".join(f"{p} {c}" for p, c in ar["capacity"].items())
         L.append(
-            'LM head on answer rows (our default, `lm_head_rows="answers"`, cel_jax/answer_rows.py) vs on '
+            'LM head on answer rows (our default, `lm_head_rows="answers"`, unlearning/answer_rows.py) vs on '
             f'all rows (`lm_head_rows="all"`): {_f(ar["median_s"]["answers"])} vs '
             f"{_f(ar['median_s']['all'])} s/step in one interleaved phase "
             f"(x{_f(ar['speedup_answers_vs_all'])}); rows kept per sequence: {caps} of "

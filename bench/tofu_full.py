@@ -275,7 +275,7 @@ def main(argv=None) -> None:
             raise ValueError(f"--{k.replace('_', '-')} must be >= 1, got {getattr(a, k)}")
     import jax
 
-    from cel_jax.main import compilation_cache
+    from cel_jax.cli.main import compilation_cache
 
     compilation_cache(jax)  # the stages share compiled steps across processes and reruns
     res = run(a)

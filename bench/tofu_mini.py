@@ -160,7 +160,7 @@ def train_stage(stage: Path, cfg, mode: str, keep_checkpoints: bool = False) -> 
     exported model is 0.5 GB) is only needed to continue training, so it is deleted unless
     `keep_checkpoints`: a full run keeps ~6 GB on disk instead of ~23 GB.
     """
-    from cel_jax import train
+    from cel_jax.training import train
 
     got = _done(stage)
     if got is not None:
@@ -178,8 +178,8 @@ def train_stage(stage: Path, cfg, mode: str, keep_checkpoints: bool = False) -> 
 
 def eval_stage(stage: Path, model_dir: Path, overrides: dict, dtype: str = "float32") -> dict:
     """TOFU suite of the exported model in model_dir (computing in `dtype`), written to `stage`."""
-    from cel_jax import hf_io
     from cel_jax.evaluation import driver
+    from cel_jax.model import hf_io
 
     got = _done(stage)
     if got is not None:
@@ -480,8 +480,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     import jax
 
+    from cel_jax.cli.main import compilation_cache
     from cel_jax.data import tofu_dir
-    from cel_jax.main import compilation_cache
 
     a.data = a.data or (str(tofu_dir()) if tofu_dir() else None)
     if not a.data:

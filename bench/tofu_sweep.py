@@ -172,7 +172,7 @@ def _target_retain_losses(workdir: Path, preset: dict, target_model: str, data_d
     path = workdir / "sweep" / "target_retain_loss.json"
     if path.exists():
         return json.loads(path.read_text())
-    from cel_jax import train
+    from cel_jax.training import train
 
     pdu = next(e for e in entries().values() if e["dual"])  # ε's rows do not depend on the entry
     cfg = config(pdu, preset, target_model, data_dir)
@@ -187,7 +187,7 @@ def _with_final_model_loss(stage: Path, cfg, tr: dict) -> dict:
     stage that finished before summary.json carried it)."""
     s = tr["summary"]
     if "final_model_retain_loss" not in s and s.get("eps"):
-        from cel_jax import train
+        from cel_jax.training import train
 
         loss = train.retain_losses(cfg, str(stage / "model"), epoch=s["last_epoch"])["eps_rows"]
         s.update(
@@ -373,8 +373,8 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     import jax
 
+    from cel_jax.cli.main import compilation_cache
     from cel_jax.data import tofu_dir
-    from cel_jax.main import compilation_cache
 
     a.data = a.data or (str(tofu_dir()) if tofu_dir() else None)
     if not a.data:

@@ -25,7 +25,7 @@ def _common() -> ml_collections.ConfigDict:
         compat_mask=False,
     )
     # "answers": LM head, softmax and losses only on rows that predict answer tokens where every loss
-    # reads only those (same values, less work; cel_jax/answer_rows.py); "all": every row.
+    # reads only those (same values, less work; cel_jax/unlearning/answer_rows.py); "all": every row.
     c.lm_head_rows = "answers"
     c.mesh = dict(shape=(1, -1, 1))  # (data, fsdp, tensor); -1 takes the remaining devices
     # The reference's TOFU recipe: lr 1e-5, wd 0.01, one warmup epoch, linear decay, clip 1.0.
@@ -51,7 +51,7 @@ def _common() -> ml_collections.ConfigDict:
         max_questions=config_dict.placeholder(int),
         batch_size=20,
     )
-    # Fine-tune model.name_or_path on `split` first (cached in $CEL_JAX_CACHE/targets): cel_jax/target.py
+    # Fine-tune model.name_or_path on `split` first (cached in $CEL_JAX_CACHE/targets): training/target.py
     c.target = dict(
         finetune=False, split="full", epochs=5, lr=1e-4, batch_size=8, grad_accum=1, warmup_epochs=0.0
     )
@@ -77,7 +77,7 @@ def _dual(**over) -> dict:
         warmup_epochs=0,  # epochs with λ held at λ0 before the rule runs (the authors' warm start)
         mode="step",  # step | microbatch | epoch | fixed
         normalize_forget=False,  # L_f / L_f(first micro-batch): λ0 and η portable across models
-        relative=False,  # constraint L_r / ε − 1 ≤ 0: violations in fractions of ε (see cel_jax/dual.py)
+        relative=False,  # constraint L_r / ε − 1 ≤ 0: violations in fractions of ε (see unlearning/dual.py)
         tolerance=0.0,  # the verdicts: last-epoch mean (and final model) retain loss <= eps + tolerance
     )
     d.update(over)
@@ -90,7 +90,7 @@ def unlearn_config() -> ml_collections.ConfigDict:
     c.method_args = ml_collections.ConfigDict()  # overrides of the method's reference defaults
     c.solver = "primal_dual"  # primal_dual | scalarized
     c.compat = False  # reproduce the reference's documented defects (see docs/differences.md)
-    # Dual (cel_jax/dual.py): the default rule, chosen by evidence (docs/dual.md): alm with the forget
+    # Dual (unlearning/dual.py): the default rule, chosen by evidence (docs/dual.md): alm with the forget
     # loss normalised by its start value and the violation as a fraction of ε, so one set of gains serves
     # any model and ε; ε = 2 × the model's own retain loss before unlearning. The authors' gda, λ0 100,
     # η 5, ε 0.3, 5 warm-start epochs: `authors_dual()` (the TOFU / MUSE configs), or --config.dual.*.

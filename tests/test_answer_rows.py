@@ -7,10 +7,11 @@ import optax
 import pytest
 from flax import nnx
 
-from cel_jax import answer_rows, dual, methods, train
-from cel_jax import step as step_lib
-from cel_jax.losses import IGNORE
 from cel_jax.model import Llama, LlamaConfig
+from cel_jax.training import train
+from cel_jax.unlearning import answer_rows, dual, methods
+from cel_jax.unlearning import step as step_lib
+from cel_jax.unlearning.losses import IGNORE
 
 V = 96
 

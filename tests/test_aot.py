@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 from test_train import model_dir, rows, tiny_cfg  # noqa: F401  (model_dir is a fixture)
 
-from cel_jax import aot, optim, sharding, train
-from cel_jax import step as step_lib
+from cel_jax.scale import aot, sharding
+from cel_jax.training import optim, train
+from cel_jax.unlearning import step as step_lib
 
 
 def test_every_step_shape_is_compiled_before_the_optimizer_state_exists(model_dir, monkeypatch, tmp_path):  # noqa: F811

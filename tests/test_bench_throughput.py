@@ -18,8 +18,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import throughput as tp  # noqa: E402
-from cel_jax import hf_io  # noqa: E402
-from cel_jax.model import LlamaConfig  # noqa: E402
+from cel_jax.model import LlamaConfig, hf_io  # noqa: E402
 
 ROWS = [
     {"question": "Where was the painter born?", "answer": "The painter was born in a small harbour town."},
@@ -96,7 +95,7 @@ def test_eval_parity_and_generation(tiny):
     folder, model, tok = tiny
     items, prompts = tp.eval_items(tok, ROWS[:2])
     from cel_jax import data
-    from cel_jax import generate as gen
+    from cel_jax.evaluation import generate as gen
 
     pad, eos = data.pad_id_of(tok), gen.eos_token_ids(model, tok)
     ours = tp.jax_eval(model, items, prompts, pad, eos, max_new_tokens=3)

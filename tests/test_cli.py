@@ -14,15 +14,16 @@ import textwrap
 import pytest
 from conftest import ROOT
 
-from cel_jax import cli, errors
+from cel_jax import errors
+from cel_jax.cli import flags as cli
 from cel_jax.config_base import authors_dual, finetune_config, unlearn_config
 
 
 def _cli(*args, env=None, timeout=300):
-    """`python -m cel_jax.main ARGS` in the repository root; JAX_PLATFORMS left unset (as a user has it)."""
+    """`python -m cel_jax.cli.main ARGS` in the repository root; JAX_PLATFORMS left unset (as users have)."""
     e = {k: v for k, v in os.environ.items() if k not in ("JAX_PLATFORMS", "CEL_JAX_VERBOSE")}
     e.update(env or {})
-    cmd = [sys.executable, "-m", "cel_jax.main", *map(str, args)]
+    cmd = [sys.executable, "-m", "cel_jax.cli.main", *map(str, args)]
     return subprocess.run(cmd, cwd=ROOT, env=e, capture_output=True, text=True, timeout=timeout)
 
 
@@ -63,7 +64,7 @@ def test_help_of_every_command_exits_0():
     script = textwrap.dedent(
         f"""
         import contextlib, io, json, sys
-        from cel_jax.main import run
+        from cel_jax.cli.main import run
         out = []
         for form in {forms!r}:
             o, e = io.StringIO(), io.StringIO()

@@ -6,7 +6,8 @@ import json
 import pytest
 from test_train import model_dir, rows, tiny_cfg  # noqa: F401  (model_dir is a fixture)
 
-from cel_jax import before_after, feasibility, train
+from cel_jax.evaluation import before_after
+from cel_jax.training import feasibility, train
 
 
 def test_feasibility_report_from_rows():

@@ -1,4 +1,4 @@
-"""cel_jax.dual: each rule against a plain-Python transcription, the Lagrangians and their gradients,
+"""unlearning.dual: each rule against a plain-Python transcription, the Lagrangians and their gradients,
 one compile for any λ, validation, and dual settings living in cfg.dual only.
 
 Axes: M micro-batches.
@@ -12,7 +12,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cel_jax import config_base, dual, train
+from cel_jax import config_base
+from cel_jax.training import train
+from cel_jax.unlearning import dual
 
 
 def py_gda(lam, v, lr, lam_max=None):

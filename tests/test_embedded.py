@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cel_jax import embedded, generate, hf_io
+from cel_jax.evaluation import generate
+from cel_jax.model import embedded, hf_io
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -130,7 +131,7 @@ def test_generate_command_answers_sensibly():
         [
             sys.executable,
             "-m",
-            "cel_jax.main",
+            "cel_jax.cli.main",
             "generate",
             "--model=smollm2-135m-instruct",
             "--prompt=What is the capital of France?",

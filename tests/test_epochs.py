@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 from test_train import model_dir, rows, tiny_cfg  # noqa: F401  (model_dir is a fixture)
 
-from cel_jax import data, train
-from cel_jax.train_data import TrainData
+from cel_jax import data
+from cel_jax.data.train_data import TrainData
+from cel_jax.training import train
 
 
 def fake_data(n_forget: int, n_retain: int = 9) -> TrainData:

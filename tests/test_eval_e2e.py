@@ -18,11 +18,10 @@ from conftest_tokenizer import make_tokenizer
 from flax import nnx
 
 from cel_jax import data as D
-from cel_jax import hf_io
 from cel_jax.evaluation import driver, tofu
 from cel_jax.evaluation import forward as F
 from cel_jax.evaluation import metrics as M
-from cel_jax.model import Llama, LlamaConfig
+from cel_jax.model import Llama, LlamaConfig, hf_io
 
 MUSE_DIR = Path(__file__).parent / "fixtures" / "muse"
 N = 4  # max_items

@@ -9,8 +9,8 @@ from flax import nnx
 from cel_jax.evaluation import forward as F
 from cel_jax.evaluation import ghost
 from cel_jax.evaluation import metrics as M
-from cel_jax.losses import IGNORE
 from cel_jax.model import Llama, LlamaConfig
+from cel_jax.unlearning.losses import IGNORE
 
 CONFIGS = {
     "tied": dict(),

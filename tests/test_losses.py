@@ -1,4 +1,4 @@
-"""cel_jax.losses against NumPy closed forms, analytic gradients and finite differences.
+"""cel_jax.unlearning.losses against NumPy closed forms, analytic gradients and finite differences.
 
 (Torch ports of the reference code live in test_methods.py; torch is not imported here to keep this fast.)
 
@@ -12,8 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cel_jax import losses
-from cel_jax.losses import IGNORE
+from cel_jax.unlearning import losses
+from cel_jax.unlearning.losses import IGNORE
 
 
 @functools.cache

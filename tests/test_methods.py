@@ -1,4 +1,4 @@
-"""cel_jax.methods against torch ports of the open-unlearning formulas (values and gradients), closed forms
+"""unlearning.methods against torch ports of the open-unlearning formulas (values and gradients), closed forms
 for the corrected defaults, the registry, and the idk answer file.
 
 Axes: B batch, T length, V vocabulary, D hidden width.
@@ -7,7 +7,6 @@ Axes: B batch, T length, V vocabulary, D hidden width.
 import dataclasses
 import functools
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cel_jax import dual, methods
-from cel_jax.losses import IGNORE
+from cel_jax.data import train_data
+from cel_jax.unlearning import dual, methods
+from cel_jax.unlearning.losses import IGNORE
 
 B, T, V, D = 3, 8, 128, 16  # V >= 100 so the reference's index wrap at label -100 is defined
 
@@ -511,7 +511,7 @@ def test_every_method_is_zero_with_zero_gradient_on_an_empty_batch():
 
 
 def test_idk_file():
-    path = pathlib.Path(methods.__file__).parent / "data" / "idk.jsonl"
+    path = train_data.IDK_FILE
     texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
     assert len(texts) >= 100
     assert all(isinstance(t, str) and t == t.strip() and t for t in texts)

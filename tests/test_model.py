@@ -9,8 +9,9 @@ import pytest
 from flax import nnx
 from hf_tiny import VARIANTS, hf_logits, make_hf_model, torch, transformers
 
-from cel_jax import generate, hf_io, sharding
-from cel_jax.model import Llama, LlamaConfig
+from cel_jax.evaluation import generate
+from cel_jax.model import Llama, LlamaConfig, hf_io
+from cel_jax.scale import sharding
 
 
 @pytest.fixture(scope="module", params=sorted(VARIANTS))

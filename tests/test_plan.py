@@ -10,9 +10,9 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cel_jax import plan
 from cel_jax.model import Llama, LlamaConfig
-from cel_jax.sharding import make_mesh, shard_model
+from cel_jax.scale import plan
+from cel_jax.scale.sharding import make_mesh, shard_model
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
 CONFIGS = {
@@ -73,8 +73,8 @@ def test_param_and_optimizer_bytes_equal_the_sharded_arrays(name, shape):
 
 
 def test_engine_optimizer_state_bytes():
-    """The engine's optax chain (clip, masked AdamW, schedule), initialised eagerly as cel_jax.train does."""
-    from cel_jax import optim
+    """The engine's optax chain (clip, masked AdamW, schedule), initialised eagerly as training.train does."""
+    from cel_jax.training import optim
 
     tx = optim.make_optimizer(ml_collections.ConfigDict(dict(lr=1e-5, weight_decay=0.01, clip=1.0)), 100, 10)
     for shape in [(1, 4, 2), (2, 2, 2)]:

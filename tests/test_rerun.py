@@ -17,8 +17,10 @@ from flax import nnx
 from test_train import tiny_cfg
 from tiny_model import make_tiny_model_dir
 
-from cel_jax import checkpoint, errors, hf_io, run_dir, train
-from cel_jax import step as step_lib
+from cel_jax import errors
+from cel_jax.model import hf_io
+from cel_jax.training import checkpoint, run_dir, train
+from cel_jax.unlearning import step as step_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 

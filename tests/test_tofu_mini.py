@@ -71,7 +71,7 @@ def test_bad_input_before_work(tmp_path):
 @pytest.mark.parametrize("name", list(tofu_mini.ALL))
 def test_every_method_config_is_valid(name):
     """Each table entry's config passes the engine's checks (no model is loaded)."""
-    from cel_jax import train
+    from cel_jax.training import train
 
     c = tofu_mini.unlearn_cfg(tofu_mini.PRESETS["mini"], "target", str(TOFU_FIXTURES), name)
     c.batch_size = 8  # a multiple of the 8 fake test devices
@@ -86,7 +86,7 @@ def test_every_method_config_is_valid(name):
 def test_finished_stage_drops_its_checkpoint_unless_kept(tmp_path, monkeypatch):
     """A done stage's Orbax checkpoint is deleted (the exported model stays); kept on request, and kept
     whenever there is no exported model to fall back on."""
-    from cel_jax import train
+    from cel_jax.training import train
 
     def fake_run(cfg, workdir, mode):
         stage = Path(workdir)

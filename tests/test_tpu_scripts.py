@@ -1,5 +1,5 @@
 """tpu_scripts/ in --dry-run (the exact commands), their remote command run in a sandbox, SLURM launcher,
-shellcheck, and cel_jax.distributed's argument resolution (what is testable without several hosts)."""
+shellcheck, and cel_jax.scale.distributed's argument resolution (what is testable without several hosts)."""
 
 import json
 import os
@@ -12,7 +12,7 @@ from pathlib import Path
 import jax
 import pytest
 
-from cel_jax import distributed
+from cel_jax.scale import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "tpu_scripts"
@@ -281,7 +281,7 @@ def test_launcher_sets_jax_distributed_per_process(env):
         assert exports == dict(
             CEL_JAX_COORDINATOR=f"gpu007:{port}", CEL_JAX_NUM_PROCESSES="4", CEL_JAX_PROCESS_ID=str(i)
         )
-        # what cel_jax.distributed makes of it (explicit variables win over SLURM's)
+        # what cel_jax.scale.distributed makes of it (explicit variables win over SLURM's)
         assert distributed.resolve(None, env=exports) == dict(
             coordinator_address=f"gpu007:{port}", num_processes=4, process_id=i
         )

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from tiny_model import make_tiny_model_dir
 
-from cel_jax import checkpoint, methods, train
-from cel_jax import step as step_lib
+from cel_jax.training import checkpoint, train
+from cel_jax.unlearning import methods
+from cel_jax.unlearning import step as step_lib
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -132,7 +133,7 @@ def test_sigkill_then_rerun_matches_uninterrupted(model_dir, tmp_path):
         "--config.ckpt.async_save=True",
     ]
     env = {**os.environ, "CEL_JAX_FAULT_AT_STEP": "4", "JAX_PLATFORMS": "cpu"}
-    cmd = [sys.executable, "-m", "cel_jax.main", "unlearn", f"--workdir={tmp_path / 'killed'}", *cfg_args]
+    cmd = [sys.executable, "-m", "cel_jax.cli.main", "unlearn", f"--workdir={tmp_path / 'killed'}", *cfg_args]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == -9, p.stderr[-2000:]  # it really died by SIGKILL
     assert not (tmp_path / "killed" / "summary.json").exists()
@@ -156,7 +157,7 @@ def test_sigkill_then_rerun_matches_uninterrupted(model_dir, tmp_path):
 
 def test_checkpoints_only_at_multiples_of_the_interval_and_at_the_end(model_dir, tmp_path):
     """Orbax alone also saves the first step of a run without a checkpoint (a whole state for nothing)."""
-    from cel_jax import checkpoint
+    from cel_jax.training import checkpoint
 
     train.run(tiny_cfg(model_dir, max_steps=5, **{"ckpt.every": 2, "ckpt.keep": 10}), str(tmp_path))
     assert checkpoint.finalized_steps(str(tmp_path)) == [2, 4, 5]
@@ -333,7 +334,7 @@ def test_two_processes_killed_and_resumed_equal_one_process(model_dir, tmp_path)
     args = [
         sys.executable,
         "-m",
-        "cel_jax.main",
+        "cel_jax.cli.main",
         "unlearn",
         f"--config={ROOT / 'configs' / 'tiny.py'}",
         f"--config.model.name_or_path={model_dir}",

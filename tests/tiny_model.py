@@ -5,8 +5,7 @@ from pathlib import Path
 from conftest_tokenizer import make_tokenizer
 from flax import nnx
 
-from cel_jax import hf_io
-from cel_jax.model import Llama, LlamaConfig
+from cel_jax.model import Llama, LlamaConfig, hf_io
 
 
 def make_tiny_model_dir(path, seed: int = 0, **cfg_kw) -> Path:

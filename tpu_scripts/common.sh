@@ -125,7 +125,7 @@ tpu_scp() {
     "${extra[@]}"
 }
 
-# tpu_hosts ACCELERATOR_TYPE: number of VMs of a slice (same rule as cel_jax.distributed.tpu_hosts).
+# tpu_hosts ACCELERATOR_TYPE: number of VMs of a slice (same rule as cel_jax.scale.distributed.tpu_hosts).
 # v2/v3/v4/v5p names count TensorCores (8 per host); v5e (v5litepod) and v6e count chips (<= 8: one host,
 # beyond that 4 chips per host).
 tpu_hosts() {

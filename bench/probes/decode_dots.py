@@ -69,7 +69,8 @@ def bandwidth() -> None:
 
 
 def greedy() -> None:
-    from cel_jax import generate, hf_io
+    from cel_jax.evaluation import generate
+    from cel_jax.model import hf_io
 
     model, _ = hf_io.load_pretrained("smollm2-135m-instruct", with_tokenizer=False)
     P, N = 64, 32
@@ -82,7 +83,8 @@ def greedy() -> None:
 
 
 def steps(model_path: str = "smollm2-135m-instruct") -> None:
-    from cel_jax import generate, hf_io
+    from cel_jax.evaluation import generate
+    from cel_jax.model import hf_io
 
     model, _ = hf_io.load_pretrained(model_path, with_tokenizer=False)
     rng = np.random.default_rng(0)

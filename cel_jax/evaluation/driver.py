@@ -136,7 +136,7 @@ def format_report(
 
 def eval_command(config: ml_collections.ConfigDict, flags) -> int:
     """`cel-jax eval`: load `config.model` (and `reference_model_path`); run the suite into --workdir."""
-    from cel_jax import hf_io
+    from cel_jax.model import hf_io
 
     if not flags.workdir:
         raise ValueError("`cel-jax eval` needs --workdir=DIR (where <NAME>_EVAL.json / _SUMMARY.json go)")

@@ -32,11 +32,12 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from cel_jax import answer_rows, hostmem
-from cel_jax import generate as gen
+from cel_jax.evaluation import generate as gen
 from cel_jax.evaluation import ghost as ghost_lib
 from cel_jax.evaluation import metrics as M
 from cel_jax.model.llama import init_cache
+from cel_jax.scale import hostmem
+from cel_jax.unlearning import answer_rows
 
 IGNORE = M.IGNORE_INDEX
 Item = Mapping[str, Any]
@@ -91,7 +92,7 @@ def _select(stats: Mapping[str, jax.Array], full: bool) -> dict[str, jax.Array]:
 
 def _answer_logits(model, ids_BT, mask_BT, labels_BT, cap: int | None):
     """(logits, labels) on every row (cap None), or on the answer-predicting rows only with compact labels
-    (cel_jax.answer_rows; same statistics: every one reads only rows whose next label is a target)."""
+    (unlearning.answer_rows; same statistics: every one reads only rows whose next label is a target)."""
     if cap is None:
         return model(ids_BT, mask_BT), labels_BT
     rows_BC, labels_BC = answer_rows.compact(labels_BT, cap)

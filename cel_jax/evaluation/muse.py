@@ -22,7 +22,7 @@ from cel_jax import data as D
 from cel_jax.evaluation import forward as F
 from cel_jax.evaluation import metrics as M
 from cel_jax.evaluation import report as R
-from cel_jax.generate import eos_token_ids
+from cel_jax.evaluation.generate import eos_token_ids
 
 MUSE_METRICS = (
     "forget_verbmem_ROUGE",

@@ -20,11 +20,11 @@ import ml_collections
 from ml_collections import config_dict
 
 from cel_jax import data as D
+from cel_jax.data.train_data import parse_rows
 from cel_jax.evaluation import forward as F
 from cel_jax.evaluation import metrics as M
 from cel_jax.evaluation import report as R
-from cel_jax.generate import eos_token_ids
-from cel_jax.train_data import parse_rows
+from cel_jax.evaluation.generate import eos_token_ids
 
 # Metric names of the issue (OU's names); the default `metrics` list.
 TOFU_METRICS = (

@@ -2,7 +2,7 @@
 
 Axes: B batch, T query length, S key length (cache slots), D model, N q-heads, K kv-heads, G = N/K,
 H head_dim, F mlp, V vocab.
-Every parameter carries `logical_axes` metadata; `cel_jax.sharding` maps them onto a device mesh.
+Every parameter carries `logical_axes` metadata; `cel_jax.scale.sharding` maps them onto a device mesh.
 Norms, RoPE angles, softmax and logits are float32; matmuls run in `cfg.dtype`.
 """
 

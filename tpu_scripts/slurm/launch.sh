@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # shellcheck source-path=SCRIPTDIR
 # One cel-jax process of a SLURM job step (srun starts one per node, or one per GPU). Sets the arguments of
-# jax.distributed.initialize for cel_jax.distributed and runs the command line it is given:
+# jax.distributed.initialize for cel_jax.scale.distributed and runs the command line it is given:
 #   srun tpu_scripts/slurm/launch.sh [--dry-run] unlearn --config=configs/X.py --workdir=DIR [flags]
 #   CEL_JAX_COORDINATOR       first node of the step, port CEL_JAX_COORDINATOR_PORT (default from the job id)
 #   CEL_JAX_NUM_PROCESSES     SLURM_NTASKS
@@ -18,7 +18,7 @@ parse_flags "$@"
 nodelist=${SLURM_STEP_NODELIST:-${SLURM_JOB_NODELIST:-}}
 [[ -n $nodelist ]] || die "neither SLURM_STEP_NODELIST nor SLURM_JOB_NODELIST is set"
 
-# first_host NODELIST: 'gpu[003-008,010],cpu1' -> gpu003 (the same rule as cel_jax.distributed).
+# first_host NODELIST: 'gpu[003-008,010],cpu1' -> gpu003 (the same rule as cel_jax.scale.distributed).
 first_host() {
   local list=$1 first="" depth=0 ch i
   for ((i = 0; i < ${#list}; i++)); do

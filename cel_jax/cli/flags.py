@@ -478,11 +478,11 @@ def command_help(command: str, cfg=None, source: str | None = None, flag_values=
 
 def _method_names() -> str:
     try:
-        from cel_jax.methods import METHODS
+        from cel_jax.unlearning.methods import METHODS
 
         return ", ".join(sorted(METHODS))
     except Exception:  # help must not fail on an import
-        return "see cel_jax/methods.py"
+        return "see cel_jax/unlearning/methods.py"
 
 
 def xla_cache_dir() -> str:
@@ -490,7 +490,7 @@ def xla_cache_dir() -> str:
     $CEL_JAX_CACHE/xla (default ~/.cache/cel_jax/xla), next to the embedded model's cache."""
     if "CEL_JAX_XLA_CACHE" in os.environ:
         return os.environ["CEL_JAX_XLA_CACHE"]
-    from cel_jax.embedded import cache_dir
+    from cel_jax.model.embedded import cache_dir
 
     return str(cache_dir() / "xla")
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import optax
 
-from cel_jax import sharding
+from cel_jax.scale import sharding
 
 
 def state_shardings(abs_state, abs_params, tx, mesh):

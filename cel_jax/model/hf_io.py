@@ -121,7 +121,7 @@ def read_config(folder: str | os.PathLike, **runtime) -> LlamaConfig:
 
 def load_params_into(model_abstract: Llama, folder: Path, mesh=None, rules=None) -> Llama:
     """Fill an abstract (eval_shape'd) model from safetensors; returns a concrete model."""
-    from cel_jax import sharding
+    from cel_jax.scale import sharding
 
     cfg = model_abstract.cfg
     src = _TensorSource(folder)
@@ -171,7 +171,7 @@ def _lookup(tree, path):
 
 def resolve(name_or_path: str) -> Path:
     """Alias -> embedded model folder; local folder -> itself; otherwise a hub snapshot."""
-    from cel_jax import embedded
+    from cel_jax.model import embedded
 
     if name_or_path in embedded.ALIASES:
         return embedded.ensure_converted(name_or_path)

@@ -5,10 +5,10 @@ T sequence length, D model, N q-heads, K kv-heads, H head_dim, F mlp, V vocab, L
 
 Exact parts: parameters, optimizer state, gradients and the frozen reference model are computed leaf by leaf
 from the model's own parameter list (`nnx.eval_shape`, no weights) and the sharding rules of
-`cel_jax.sharding` (`logical_to_spec`: an axis stays replicated when the mesh axis does not divide it), so
+`scale.sharding` (`logical_to_spec`: an axis stays replicated when the mesh axis does not divide it), so
 they equal what the sharded arrays occupy (tests/test_plan.py checks this on 8 fake devices). The optimizer
 state is assumed sharded like the parameters, its scalars replicated: what an eager `tx.init(params)` on
-sharded params gives (cel_jax.train), or `jax.jit(tx.init, out_shardings=...)` with shardings from
+sharded params gives (cel_jax.training.train), or `jax.jit(tx.init, out_shardings=...)` with shardings from
 `optax.tree_map_params`; a bare `jax.jit(tx.init)` would replicate everything.
 
 Estimated part: activations (see `activation_bytes`), and XLA's temporary buffers are not modelled
@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 
 from cel_jax.model.config import LlamaConfig
-from cel_jax.sharding import MESH_AXES, RULES, fill_mesh_shape, logical_to_spec
+from cel_jax.scale.sharding import MESH_AXES, RULES, fill_mesh_shape, logical_to_spec
 
 GIB = 1024**3
 REMAT_ALIASES = {"nothing_saveable": "full", "minimal": "full", "": "none", None: "none"}
@@ -96,7 +96,7 @@ def _preset_key(name: str) -> str | None:
 def _cached_hf_config(name: str) -> Path | None:
     """config.json of `name` when it is already on disk (HF hub cache or cel_jax's embedded cache)."""
     try:
-        from cel_jax import embedded
+        from cel_jax.model import embedded
 
         if name in embedded.ALIASES:
             p = embedded.cache_dir() / "models" / name / "config.json"
@@ -319,7 +319,7 @@ def method_needs(method: str | None, retain_loss: str | None = "default") -> dic
     """Forward streams inside the gradient, and reference-model needs, of an unlearning method."""
     if method is None:
         return dict(streams=1, reference=False, ref_logits=0, ref_hidden=0)
-    from cel_jax import methods
+    from cel_jax.unlearning import methods
 
     spec = methods.get_method(method)
     kind = spec.retain_loss if retain_loss == "default" else retain_loss
@@ -486,7 +486,7 @@ def _method_of(config) -> tuple[str | None, str | None]:
         name, retain = _get(m, "name"), _get(m, "retain_loss", "default")
     retain = _get(config, "method_args.retain_loss", retain)
     if name is not None and _get(config, "solver") == "primal_dual":
-        from cel_jax import methods
+        from cel_jax.unlearning import methods
 
         if (methods.get_method(name).retain_loss if retain == "default" else retain) is None:
             retain = "nll"  # the engine bounds the retain NLL of a forget-only loss
@@ -499,10 +499,12 @@ def _optimizer_of(config):
     if opt_cfg is None:
         return "adamw", "adamw"
     try:
-        from cel_jax import optim
+        from cel_jax.training import optim
     except ImportError:  # pragma: no cover - planner used without the training engine
         return "adamw", "adamw"
-    return optim.make_optimizer(opt_cfg, total_steps=1000, warmup_steps=10), "config.optim (cel_jax.optim)"
+    return optim.make_optimizer(
+        opt_cfg, total_steps=1000, warmup_steps=10
+    ), "config.optim (cel_jax.training.optim)"
 
 
 def plan_command(config, flags) -> int:
@@ -562,7 +564,7 @@ def plan_command(config, flags) -> int:
         raise ValueError(f"no device count in {SWEEP_DEVICES} can split batch_size={batch} over mesh {shape}")
     print(format_table([plans[i] for i in keep], [f"{meshes[i]}" for i in keep]))
     print(
-        "Exact: params, optimizer, gradients, reference (sharding rules of cel_jax.sharding). Estimated: "
-        "activations (cel_jax.plan.activation_bytes). 'fits' keeps 10% of HBM free."
+        "Exact: params, optimizer, gradients, reference (sharding rules of scale.sharding). Estimated: "
+        "activations (cel_jax.scale.plan.activation_bytes). 'fits' keeps 10% of HBM free."
     )
     return 0

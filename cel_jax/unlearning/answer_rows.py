@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from cel_jax.losses import IGNORE
+from cel_jax.unlearning.losses import IGNORE
 
 MULTIPLE = 8  # capacity rounded up to this (a few wasted rows, fewer distinct shapes)
 

@@ -2,7 +2,7 @@
 
 Axes: M micro-batches per optimizer step, B micro-batch size, T length, V vocab, D model.
 One optimizer step = a `lax.scan` over M micro-batches accumulating gradients, then one optax update.
-The primal gradient uses the multiplier from before the update; the dual rule (cel_jax/dual.py) runs
+The primal gradient uses the multiplier from before the update; the dual rule (unlearning/dual.py) runs
 inside the same jitted step, once per step ("step") or per micro-batch ("microbatch"); "epoch" and
 "fixed" leave λ to the loop. `batch["valid_M"]` marks filler micro-batches (0): the last step of an
 epoch may have fewer real micro-batches than M, and fillers add nothing to gradients, metrics or λ.
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx, struct
 
-from cel_jax import answer_rows, losses, methods
-from cel_jax import dual as dual_lib
+from cel_jax.unlearning import answer_rows, losses, methods
+from cel_jax.unlearning import dual as dual_lib
 
 TRACE_COUNT: collections.Counter = collections.Counter()  # compilations per step kind (tests count them)
 

@@ -34,8 +34,8 @@ import json
 import os
 from typing import Any, NamedTuple
 
-from cel_jax import checkpoint
 from cel_jax.errors import UserError  # a ValueError the command line prints as one `error:` line
+from cel_jax.training import checkpoint
 
 RECORD, PREVIOUS = "run_config.json", "run_config.prev.json"
 RESUME = ("auto", "force", "restart")

@@ -19,7 +19,7 @@ import numpy as np
 
 from cel_jax import data
 
-IDK_FILE = Path(__file__).resolve().parent / "data" / "idk.jsonl"
+IDK_FILE = Path(__file__).resolve().parent / "idk.jsonl"
 
 
 def parse_rows(spec: str | None, n: int) -> list[int] | None:

@@ -58,8 +58,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from cel_jax import losses
-from cel_jax.losses import IGNORE
+from cel_jax.unlearning import losses
+from cel_jax.unlearning.losses import IGNORE
 
 Batch = Mapping[str, jax.Array]
 Aux = dict[str, jax.Array]
@@ -302,7 +302,7 @@ _FORGET_LOGITS = ("forget_logits", "forget_labels")
 
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # The reference's dual settings (`alpha` = λ0, `retain_loss_eps`, `dual_step_size`,
-    # `dual_update_upon`, `dual_warmup_epochs`) live in cfg.dual (cel_jax/dual.py), not here.
+    # `dual_update_upon`, `dual_warmup_epochs`) live in cfg.dual (cel_jax/unlearning/dual.py), not here.
     "pdu": dict(
         gamma=1.0,
         alpha=1.0,  # retain weight under solver=scalarized: the fixed-λ ablation (not a reference field)

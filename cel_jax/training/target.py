@@ -53,7 +53,9 @@ def ensure_target(cfg) -> str:
     t = cfg.get("target")
     if t is None or not t.get("finetune", False):
         return cfg.model.name_or_path
-    from cel_jax import embedded, hf_io, hostmem, train
+    from cel_jax.model import embedded, hf_io
+    from cel_jax.scale import hostmem
+    from cel_jax.training import train
 
     ft = finetune_config(cfg)
     train.validate_config(ft, "finetune")

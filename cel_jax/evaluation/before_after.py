@@ -14,7 +14,8 @@ def answers(
     model, tok, rows: list[dict], system_prompt, max_new_tokens: int, batch_size: int = 20
 ) -> list[str]:
     """Greedy answers in batches of `batch_size` (the KV cache of all questions at once is ~1 GB)."""
-    from cel_jax import generate, hostmem
+    from cel_jax.evaluation import generate
+    from cel_jax.scale import hostmem
 
     qs = [r["question"] for r in rows]
     outs = generate.generate_text(

@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cel_jax import hostmem
 from cel_jax.model.llama import Llama, init_cache
+from cel_jax.scale import hostmem
 
 
 def bucket_length(n: int, minimum: int = 16) -> int:

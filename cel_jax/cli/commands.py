@@ -4,8 +4,8 @@ from __future__ import annotations
 
 
 def generate(config, flags) -> int:
-    from cel_jax import generate as gen
-    from cel_jax import hf_io
+    from cel_jax.evaluation import generate as gen
+    from cel_jax.model import hf_io
 
     prompts = flags.prompt or ["What is the capital of France?"]
     model, tok = hf_io.load_pretrained(flags.model, dtype=flags.dtype)
@@ -16,8 +16,8 @@ def generate(config, flags) -> int:
 
 
 def export(config, flags) -> int:
-    from cel_jax import hf_io
     from cel_jax.errors import UserError
+    from cel_jax.model import hf_io
 
     if not flags.out:
         raise UserError("`cel-jax export` needs --out=DIR")

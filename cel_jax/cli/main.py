@@ -7,7 +7,7 @@ cel-jax unlearn  --config=configs/demo.py --workdir=DIR [--config.key=value ...]
 cel-jax eval     --config=configs/eval/tofu.py --config.model=DIR --workdir=DIR
 cel-jax plan     --config=configs/tofu_llama3_1_8b.py
 
-`cel-jax --help`, `cel-jax <command> --help`: commands, flags, common config fields (cel_jax/cli.py).
+`cel-jax --help`, `cel-jax <command> --help`: commands, flags, common config fields (cel_jax/cli/flags.py).
 Bad input (flag, config key or value, data, path) prints one `error: ...` line and exits 2 before anything
 is compiled; --verbose (or CEL_JAX_VERBOSE=1) adds the traceback and the libraries' INFO logs.
 """
@@ -20,16 +20,17 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from cel_jax import cli, errors
+from cel_jax import errors
+from cel_jax.cli import flags as cli
 
 COMMANDS = {
     # name: (module, function, needs --config)
-    "generate": ("cel_jax.commands", "generate", False),
-    "export": ("cel_jax.commands", "export", False),
-    "finetune": ("cel_jax.train", "finetune_command", True),
-    "unlearn": ("cel_jax.train", "unlearn_command", True),
+    "generate": ("cel_jax.cli.commands", "generate", False),
+    "export": ("cel_jax.cli.commands", "export", False),
+    "finetune": ("cel_jax.training.train", "finetune_command", True),
+    "unlearn": ("cel_jax.training.train", "unlearn_command", True),
     "eval": ("cel_jax.evaluation.driver", "eval_command", True),
-    "plan": ("cel_jax.plan", "plan_command", True),
+    "plan": ("cel_jax.scale.plan", "plan_command", True),
 }
 _NEEDS_WORKDIR = ("finetune", "unlearn", "eval")
 

@@ -44,7 +44,7 @@ def ensure_converted(alias: str) -> Path:
     if marker.exists() and json.loads(marker.read_text()).get("version") == FORMAT_VERSION:
         return out
     gguf_path = _ensure_gguf(spec)
-    from cel_jax.hf_io import atomic_dir
+    from cel_jax.model.hf_io import atomic_dir
 
     with atomic_dir(out) as tmp:
         convert_gguf_to_hf(gguf_path, tmp)

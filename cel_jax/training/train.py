@@ -24,22 +24,14 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from cel_jax import (
-    answer_rows,
-    aot,
-    before_after,
-    checkpoint,
-    data,
-    hostmem,
-    methods,
-    optim,
-    run_dir,
-    sharding,
-    target,
-)
-from cel_jax import dual as dual_lib
-from cel_jax import step as step_lib
-from cel_jax.train_data import TrainData, prepare_data
+from cel_jax import data
+from cel_jax.data.train_data import TrainData, prepare_data
+from cel_jax.evaluation import before_after
+from cel_jax.scale import aot, hostmem, sharding
+from cel_jax.training import checkpoint, optim, run_dir, target
+from cel_jax.unlearning import answer_rows, methods
+from cel_jax.unlearning import dual as dual_lib
+from cel_jax.unlearning import step as step_lib
 
 SOLVERS = ("primal_dual", "scalarized")
 LM_HEAD_ROWS = ("answers", "all")  # LM head on answer-predicting rows only (answer_rows.py) | every row
@@ -217,7 +209,7 @@ def _to_py(x):
 # --------------------------------------------------------------------------------------- main loop
 def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     """Run (or resume) an unlearning/fine-tuning job in `workdir`; returns a summary dict."""
-    from cel_jax import hf_io
+    from cel_jax.model import hf_io
 
     _maybe_initialize_distributed(cfg)
     validate_config(cfg, mode)
@@ -404,7 +396,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     state = ref_params = consts = None  # only the weights are needed from here: optimizer state freed
     hostmem.release()
     if mode == "unlearn" and eps > 0 and log.path.exists():
-        from cel_jax import feasibility
+        from cel_jax.training import feasibility
 
         rows = [json.loads(ln) for ln in log.path.read_text().splitlines() if ln.strip()]
         lr_final = _reference_retain_loss(cfg, final_params, graphdef, td, mesh)  # ε's rows, final weights
@@ -418,7 +410,7 @@ def run(cfg, workdir: str, mode: str = "unlearn") -> dict:
     if cfg.get("export", True):
         hf_io.save_pretrained(final, tok, wd / "model")  # all processes gather; process 0 writes
     if jax.process_index() == 0:
-        from cel_jax import plots
+        from cel_jax.training import plots
 
         plots.training_curves(wd / "metrics.jsonl", wd / "training_curves.png")
         _write_json(wd / "summary.json", summary)
@@ -469,7 +461,7 @@ def _upload(local: Path, remote_dir) -> None:
 
 def _maybe_initialize_distributed(cfg) -> None:
     try:
-        from cel_jax import distributed
+        from cel_jax.scale import distributed
     except ImportError:  # pragma: no cover - single-host installs without the module
         return
     if distributed.resolve(cfg.get("distributed")) is not None:
@@ -523,7 +515,7 @@ def retain_losses(cfg, model_dir: str, epoch: int) -> dict:
     """An unlearning config's retain losses for the weights in `model_dir` (a finished run's export, or
     its target): `eps_rows`, on the rows ε is measured on; `partners`, on the retain partners of `epoch`
     (the rows whose training losses that epoch's feasibility mean averages)."""
-    from cel_jax import hf_io
+    from cel_jax.model import hf_io
 
     mesh = sharding.make_mesh(cfg.mesh.shape)
     model, tok = hf_io.load_pretrained(
@@ -579,7 +571,7 @@ def _after(cfg, workdir, out) -> None:
     if out.get("done"):
         print(f"done already: this config finished in {workdir} (summary.json, model/); nothing to run")
         if "constraint_satisfied" in s:
-            from cel_jax import feasibility
+            from cel_jax.training import feasibility
 
             print(feasibility.line(s))
         return
@@ -600,6 +592,6 @@ def _after(cfg, workdir, out) -> None:
             model_name=str(Path(workdir) / "model"),
         )
     if "constraint_satisfied" in s:
-        from cel_jax import feasibility
+        from cel_jax.training import feasibility
 
         print(feasibility.line(s))

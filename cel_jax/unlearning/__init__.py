@@ -1,0 +1,1 @@
+"""Unlearning: losses, methods, the dual, the Lagrangian objective and the jitted step."""
