@@ -16,6 +16,7 @@ from conftest import ROOT
 
 from cel_jax import errors
 from cel_jax.cli import flags as cli
+from cel_jax.cli import help as cli_help
 from cel_jax.config_base import authors_dual, finetune_config, unlearn_config
 
 
@@ -318,8 +319,8 @@ def test_quiet_environment_and_logging():
 
 
 def test_help_texts_fit_one_screen():
-    assert len(cli.top_help().splitlines()) <= 30
+    assert len(cli_help.top_help().splitlines()) <= 30
     for name in cli.COMMANDS:
-        text = cli.command_help(name)
+        text = cli_help.command_help(name)
         assert len(text.splitlines()) <= 40, name
         assert max(map(len, text.splitlines())) <= 110, name

@@ -22,6 +22,7 @@ from ml_collections import config_flags
 
 from cel_jax import errors
 from cel_jax.cli import flags as cli
+from cel_jax.cli import help as cli_help
 
 COMMANDS = {
     # name: (module, function, needs --config)
@@ -97,7 +98,7 @@ def _preflight(argv: list[str]) -> list[str]:
         print(_help(command, argv))
         sys.exit(0)
     if command is None:
-        cli.stderr(cli.top_help())
+        cli.stderr(cli_help.top_help())
         sys.exit(errors.EXIT_USER_ERROR)
     if command not in COMMANDS:
         near = cli.suggest(command, list(COMMANDS), n=1)
@@ -121,12 +122,12 @@ def _preflight(argv: list[str]) -> list[str]:
 
 def _help(command: str | None, argv: list[str]) -> str:
     if command is None:
-        return cli.top_help()
+        return cli_help.top_help()
     if command not in COMMANDS:
         raise errors.UserError(f"unknown command {command!r} (commands: {', '.join(COMMANDS)})")
     path = cli.config_arg(argv)
     cfg = cli.load_config_file(path) if path and COMMANDS[command][2] else None
-    return cli.command_help(command, cfg, path, FLAGS)
+    return cli_help.command_help(command, cfg, path, FLAGS)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
