@@ -5,6 +5,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from cel_jax.data.qa import TOFU_RETAIN
+
 
 def _common() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -120,9 +122,6 @@ def finetune_config() -> ml_collections.ConfigDict:
     c.epochs = 5
     c.dual = _dual(lam0=0.0, lr=0.0, warmup_epochs=0, mode="fixed")
     return c
-
-
-TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
 
 def tofu_pdu_config(target: str, epochs: int, split: str = "forget10") -> ml_collections.ConfigDict:

@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-IGNORE = -100
+from cel_jax.data.format import IGNORE
 
 
 class Cursor(NamedTuple):

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-IGNORE = -100
+IGNORE = -100  # label of a position no loss reads (the HF convention); the one definition in cel_jax
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 DEFAULT_DATE_STRING = "10 Apr 2025"  # pinned in open-unlearning PR #101 (else the template uses today)
 

@@ -42,8 +42,8 @@ MUSE_SCHEMAS = {
     "knowmem": "qa",
 }
 
-_TOFU_FORGET = {"forget01": "01", "forget05": "05", "forget10": "10"}
-_TOFU_RETAIN = {"01": "retain99", "05": "retain95", "10": "retain90"}
+# TOFU forget split -> the retain split that completes it (the one home of this map)
+TOFU_RETAIN = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 
 DATA_DIR = Path(__file__).resolve().parent
 # The package's own demo set (our text, TOFU's fields); load with load_qa(DATA_DIR, DEMO_SPLITS[key]).
@@ -76,15 +76,13 @@ def tofu_source() -> str:
 
 def tofu_splits(forget_split: str) -> dict[str, str]:
     """TOFU config names that go with a forget split (forget01 -> retain99, holdout01, ...)."""
-    if forget_split not in _TOFU_FORGET:
-        raise ValueError(
-            f"unknown TOFU forget split {forget_split!r}; expected one of {sorted(_TOFU_FORGET)}"
-        )
-    pct = _TOFU_FORGET[forget_split]
+    if forget_split not in TOFU_RETAIN:
+        raise ValueError(f"unknown TOFU forget split {forget_split!r}; expected one of {sorted(TOFU_RETAIN)}")
+    pct = forget_split.removeprefix("forget")
     return {
         "full": "full",
         "forget": forget_split,
-        "retain": _TOFU_RETAIN[pct],
+        "retain": TOFU_RETAIN[forget_split],
         "holdout": f"holdout{pct}",
         "forget_perturbed": f"{forget_split}_perturbed",
         "retain_perturbed": "retain_perturbed",
