@@ -9,7 +9,7 @@ from flax import nnx
 from cel_jax.evaluation import forward as F
 from cel_jax.evaluation import ghost
 from cel_jax.evaluation import metrics as M
-from cel_jax.model import Llama, LlamaConfig
+from cel_jax.model import Llama, LlamaConfig, taps
 from cel_jax.unlearning.losses import IGNORE
 
 CONFIGS = {
@@ -83,3 +83,19 @@ def test_gradnorm_scores_ghost_equal_batch_one():
     np.testing.assert_allclose(
         F.gradnorm_scores(remat, items[:-1], 0, multiple=8, ghost=2, progress=False), plain[:-1], rtol=1e-5
     )
+
+
+def test_taps_are_found_in_the_traced_program_not_in_model_state():
+    """The plain forward carries only named identities; `taps.trace` finds every parameter use, in call order,
+    and re-running with zero perturbations gives the forward's output. Taps in a nested program fail."""
+    cfg = LlamaConfig.tiny(tie_word_embeddings=False)
+    model = Llama(cfg, rngs=nnx.Rngs(0))
+    ids = jnp.asarray(np.random.default_rng(0).integers(3, cfg.vocab_size, (2, 7)))
+    probe = taps.trace(lambda: model(ids))
+    per_layer = ["scale", "dense", "dense", "dense", "dense", "scale", "dense", "dense", "dense"]
+    assert list(probe.kinds) == ["embed", *per_layer * cfg.n_layers, "scale", "head"]
+    out, inputs = probe.run([jnp.zeros(s.shape, s.dtype) for s in probe.shapes])
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(model(ids)))
+    assert len(inputs) == len(probe.kinds) and inputs[0].shape == ids.shape
+    with pytest.raises(ValueError, match="nested"):
+        taps.trace(jax.checkpoint(lambda: model(ids)))

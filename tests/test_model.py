@@ -306,3 +306,48 @@ def test_decode_segments_update_the_kv_cache_in_place():
     new, _, _ = generate._decode(model, state, eos, jnp.int32(0), steps=4, max_new_tokens=8)
     assert k_before.is_deleted()  # donated: its buffer now holds the updated cache
     assert not new[1][0]["k"].is_deleted() and new[1][0]["k"].shape == k_before.shape
+
+
+def test_unsupported_model_type_fails_before_weights_are_read(tmp_path):
+    from cel_jax.model import families
+
+    hf = {**LlamaConfig.tiny().to_hf_dict(), "model_type": "gpt2"}
+    (tmp_path / "config.json").write_text(json.dumps(hf))
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")  # reading it would fail otherwise
+    with pytest.raises(ValueError, match=r"'gpt2' is not supported.*'llama', 'mistral', 'qwen2'"):
+        hf_io.load_pretrained(str(tmp_path), with_tokenizer=False)
+    assert families.supported_model_types() == ("llama", "mistral", "qwen2")
+
+
+def test_registered_family_is_picked_up_by_the_loader(tmp_path):
+    """A toy family (Llama's decoder under other HF names) registered here loads through `model_type`."""
+    from safetensors.numpy import save_file
+
+    from cel_jax.model import families, llama_params
+
+    def toy_table(c):  # Llama's map with "toy." for "model." in every HF name
+        table = llama_params.key_table(c)
+        return {k: (hf.replace("model.", "toy.", 1), a, b) for k, (hf, a, b) in table.items()}
+
+    toy = families.Family(
+        name="toy",
+        model_types=("toy",),
+        model_cls=Llama,
+        config_from_hf=lambda hf, **rt: LlamaConfig.from_hf_dict({**hf, "model_type": "llama"}, **rt),
+        config_to_hf=LlamaConfig.to_hf_dict,
+        key_table=toy_table,
+    )
+    model = _tiny()
+    tensors = {k.replace("model.", "toy.", 1): v for k, v in hf_io.model_to_hf_tensors(model).items()}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({**model.cfg.to_hf_dict(), "model_type": "toy"}))
+    with pytest.raises(ValueError, match="'toy' is not supported"):
+        hf_io.load_pretrained(str(tmp_path), with_tokenizer=False)
+    families.register(toy)
+    try:
+        loaded, _ = hf_io.load_pretrained(str(tmp_path), with_tokenizer=False)
+    finally:
+        families.unregister(toy)
+    ids = jnp.asarray(np.random.RandomState(0).randint(3, 256, (2, 9)))
+    np.testing.assert_array_equal(np.asarray(loaded(ids)), np.asarray(model(ids)))
+    assert "toy" not in families.supported_model_types()

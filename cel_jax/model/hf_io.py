@@ -1,75 +1,27 @@
-"""Hugging Face checkpoint I/O: safetensors folders <-> our NNX Llama, torch-free.
+"""Hugging Face checkpoint I/O: safetensors folders <-> our NNX models, torch-free.
 
 `load_pretrained(name_or_path)` reads a local HF folder (single or sharded safetensors + index,
 config.json, tokenizer files), a hub name when the network allows, or the alias of the embedded default
 model. With a mesh, every tensor goes straight into its shards (`make_array_from_callback`: each device
 receives only its slice). `save_pretrained` writes the exact inverse, atomically.
-Axes: D model, N q-heads, K kv-heads, H head_dim, F mlp, V vocab.
+The config's `model_type` picks the family (model class, config reader, parameter map) in `families`;
+an unsupported one fails before any weight is read.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from cel_jax.model.config import LlamaConfig
-from cel_jax.model.llama import Llama
-
-Transform = Callable[[np.ndarray, LlamaConfig], np.ndarray]
-IGNORED_HF_KEYS = ("rotary_emb.inv_freq",)
-
-
-def _t(w, c):
-    return w.T
-
-
-def key_table(c: LlamaConfig) -> dict[str, tuple[str, Transform, Transform]]:
-    """{our param path: (hf key, hf->ours, ours->hf)}; each pair of transforms is an exact inverse."""
-    D, N, K, H = c.d_model, c.n_heads, c.n_kv_heads, c.head_dim
-    ident: Transform = lambda w, c: w
-    tab = {
-        "embed": ("model.embed_tokens.weight", ident, ident),
-        "final_norm.scale": ("model.norm.weight", ident, ident),
-    }
-    if not c.tie_word_embeddings:
-        tab["lm_head"] = ("lm_head.weight", _t, _t)
-    for i in range(c.n_layers):
-        hf, us = f"model.layers.{i}.", f"layers.{i}."
-        tab[us + "attn_norm.scale"] = (hf + "input_layernorm.weight", ident, ident)
-        tab[us + "mlp_norm.scale"] = (hf + "post_attention_layernorm.weight", ident, ident)
-        for name, n in (("q", N), ("k", K), ("v", K)):
-            tab[us + f"attn.{name}"] = (
-                hf + f"self_attn.{name}_proj.weight",
-                lambda w, c, n=n: w.T.reshape(D, n, H),
-                lambda w, c: w.reshape(D, -1).T,
-            )
-            if c.attention_bias:
-                tab[us + f"attn.{name}_bias"] = (
-                    hf + f"self_attn.{name}_proj.bias",
-                    lambda w, c, n=n: w.reshape(n, H),
-                    lambda w, c: w.reshape(-1),
-                )
-        tab[us + "attn.o"] = (
-            hf + "self_attn.o_proj.weight",
-            lambda w, c: w.T.reshape(N, H, D),
-            lambda w, c: w.reshape(-1, D).T,
-        )
-        if c.o_bias:
-            tab[us + "attn.o_bias"] = (hf + "self_attn.o_proj.bias", ident, ident)
-        for name in ("gate", "up", "down"):
-            tab[us + f"mlp.{name}"] = (hf + f"mlp.{name}_proj.weight", _t, _t)
-            if c.mlp_bias:
-                tab[us + f"mlp.{name}_bias"] = (hf + f"mlp.{name}_proj.bias", ident, ident)
-    return tab
+from cel_jax.model import embedded, families
+from cel_jax.model.files import atomic_dir
 
 
 def _path_str(path) -> str:
@@ -112,20 +64,30 @@ class _TensorSource:
         return self.handles[self.where[key]].get_tensor(key)
 
 
-def read_config(folder: str | os.PathLike, **runtime) -> LlamaConfig:
+def read_hf_config(folder: str | os.PathLike) -> dict[str, Any]:
+    """The folder's config.json as a dict."""
     path = Path(folder) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: not a Hugging Face model folder")
-    return LlamaConfig.from_hf_dict(json.loads(path.read_text()), **runtime)
+    return json.loads(path.read_text())
 
 
-def load_params_into(model_abstract: Llama, folder: Path, mesh=None, rules=None) -> Llama:
-    """Fill an abstract (eval_shape'd) model from safetensors; returns a concrete model."""
+def read_config(folder: str | os.PathLike, **runtime):
+    """Our config for an HF folder, read by the family of its `model_type` (ValueError if unsupported)."""
+    return families.config_from_hf(read_hf_config(folder), **runtime)
+
+
+def load_params_into(
+    model_abstract: nnx.Module, folder: Path, mesh=None, rules=None, family: families.Family | None = None
+) -> nnx.Module:
+    """Fill an abstract (eval_shape'd) model from safetensors through `family`'s parameter map (default:
+    the family of `model_abstract.cfg.model_type`); returns a concrete model."""
     from cel_jax.scale import sharding
 
     cfg = model_abstract.cfg
+    family = family or families.for_config(cfg)
     src = _TensorSource(folder)
-    table = key_table(cfg)
+    table = family.key_table(cfg)
     graphdef, abstract = nnx.split(model_abstract, nnx.Param)
     shardings = (
         sharding.param_shardings(abstract, mesh, rules or sharding.RULES) if mesh is not None else None
@@ -150,13 +112,7 @@ def load_params_into(model_abstract: Llama, folder: Path, mesh=None, rules=None)
         return var.replace(jax.make_array_from_callback(arr.shape, shd, lambda idx: arr[idx]))
 
     filled = jax.tree_util.tree_map_with_path(fill, abstract, is_leaf=lambda x: isinstance(x, nnx.Variable))
-    extra = [
-        k
-        for k in src.keys()
-        if k not in used
-        and not k.endswith(IGNORED_HF_KEYS)
-        and not (cfg.tie_word_embeddings and k == "lm_head.weight")
-    ]
+    extra = [k for k in src.keys() if k not in used and not family.ignorable_hf_key(cfg, k)]
     if extra:
         raise ValueError(f"checkpoint tensors with no place in the model: {extra[:8]}")
     return nnx.merge(graphdef, filled)
@@ -171,8 +127,6 @@ def _lookup(tree, path):
 
 def resolve(name_or_path: str) -> Path:
     """Alias -> embedded model folder; local folder -> itself; otherwise a hub snapshot."""
-    from cel_jax.model import embedded
-
     if name_or_path in embedded.ALIASES:
         return embedded.ensure_converted(name_or_path)
     p = Path(name_or_path).expanduser()
@@ -215,9 +169,11 @@ def load_pretrained(
 ):
     """(model, tokenizer) from an HF folder, hub name or alias; see the module docstring."""
     folder = resolve(name_or_path)
-    cfg = read_config(folder, dtype=dtype, param_dtype=param_dtype, remat=remat)
-    abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
-    model = load_params_into(abstract, folder, mesh=mesh, rules=rules)
+    hf = read_hf_config(folder)
+    family = families.for_hf_config(hf)  # an unsupported model_type fails here, before any weight is read
+    cfg = family.config_from_hf(hf, dtype=dtype, param_dtype=param_dtype, remat=remat)
+    abstract = nnx.eval_shape(lambda: family.model_cls(cfg, rngs=nnx.Rngs(0)))
+    model = load_params_into(abstract, folder, mesh=mesh, rules=rules, family=family)
     tok = load_tokenizer(folder) if with_tokenizer else None
     if tok is not None and len(tok) > cfg.vocab_size:
         raise ValueError(f"tokenizer has {len(tok)} tokens but the model's vocabulary is {cfg.vocab_size}")
@@ -225,9 +181,10 @@ def load_pretrained(
 
 
 # ---------------------------------------------------------------------------------------- writing
-def model_to_hf_tensors(model: Llama) -> dict[str, np.ndarray]:
+def model_to_hf_tensors(model: nnx.Module) -> dict[str, np.ndarray]:
+    """{hf key: array} of every parameter, through the model family's parameter map."""
     cfg = model.cfg
-    table = key_table(cfg)
+    table = families.for_config(cfg).key_table(cfg)
     out = {}
     for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         name = ".".join(str(p) for p in path)
@@ -242,33 +199,8 @@ def model_to_hf_tensors(model: Llama) -> dict[str, np.ndarray]:
     return out
 
 
-def atomic_dir(out_dir: str | os.PathLike):
-    """Context manager yielding a temp folder next to out_dir that replaces out_dir on success."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def cm():
-        out = Path(out_dir).expanduser().resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
-        try:
-            yield tmp
-            if out.exists():
-                old = out.with_name(f".{out.name}.old.{os.getpid()}")
-                os.replace(out, old)
-                os.replace(tmp, out)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-
-    return cm()
-
-
 def save_pretrained(
-    model: Llama,
+    model: nnx.Module,
     tokenizer,
     out_dir: str | os.PathLike,
     *,
@@ -304,7 +236,7 @@ def save_pretrained(
                 "weight_map": weight_map,
             }
             (tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-        (tmp / "config.json").write_text(json.dumps(cfg.to_hf_dict(), indent=2))
+        (tmp / "config.json").write_text(json.dumps(families.for_config(cfg).config_to_hf(cfg), indent=2))
         gen = {"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_id, "do_sample": False}
         if cfg.pad_token_id is not None:
             gen["pad_token_id"] = cfg.pad_token_id

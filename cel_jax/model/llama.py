@@ -3,20 +3,18 @@
 Axes: B batch, T query length, S key length (cache slots), D model, N q-heads, K kv-heads, G = N/K,
 H head_dim, F mlp, V vocab.
 Every parameter carries `logical_axes` metadata; `cel_jax.scale.sharding` maps them onto a device mesh.
+Every parameter use is marked with `taps.tap` (an identity in the program) for ghost norms.
 Norms, RoPE angles, softmax and logits are float32; matmuls run in `cfg.dtype`.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from cel_jax.model.config import LlamaConfig, rope_inv_freq
+from cel_jax.model.taps import tap
 
 NEG_INF = -1e30  # finite, so rows with every key masked give a uniform (unused) softmax, never NaN
 Cache = list[dict[str, jax.Array]]
@@ -57,45 +55,6 @@ def _decode_attention(q_B1KGH, k_BKSH, v_BKSH, mask_B1S, dt):
     return out_BKGH.astype(dt)[:, None]
 
 
-# Ghost-norm taps (cel_jax/evaluation/ghost.py): while a `Taps` is active, every parameter use records its
-# input and adds a perturbation to its output (zeros: the gradient with respect to it is the output's
-# gradient). Inactive (the default), `_tap` returns the output unchanged and adds nothing to the program.
-_ACTIVE_TAPS: list = []
-
-
-class Taps:
-    """Inputs of every parameter use, in call order: `kinds` ("dense", "scale", "embed", "head"), `bias`
-    (the use adds a bias parameter), `inputs`; `shapes` of the outputs; `perturbations` added to them."""
-
-    def __init__(self, perturbations=None):
-        self.kinds: list[str] = []
-        self.bias: list[bool] = []
-        self.inputs: list[jax.Array] = []
-        self.shapes: list[jax.ShapeDtypeStruct] = []
-        self.perturbations = perturbations
-
-    def add(self, kind: str, x, y, bias: bool = False):
-        i = len(self.kinds)
-        self.kinds.append(kind)
-        self.bias.append(bias)
-        self.inputs.append(x)
-        self.shapes.append(jax.ShapeDtypeStruct(y.shape, y.dtype))
-        return y if self.perturbations is None else y + self.perturbations[i]
-
-
-@contextlib.contextmanager
-def tapping(taps: Taps):
-    _ACTIVE_TAPS.append(taps)
-    try:
-        yield taps
-    finally:
-        _ACTIVE_TAPS.pop()
-
-
-def _tap(kind: str, x, y, bias: bool = False):
-    return _ACTIVE_TAPS[-1].add(kind, x, y, bias) if _ACTIVE_TAPS else y
-
-
 class RMSNorm(nnx.Module):
     def __init__(self, d: int, eps: float, dtype):
         self.scale = nnx.Param(jnp.ones((d,), dtype), logical_axes=("norm",))
@@ -105,7 +64,7 @@ class RMSNorm(nnx.Module):
         acc = _acc(x_BTD.dtype)
         x = x_BTD.astype(acc)
         x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.eps)
-        return _tap("scale", x, self.scale[...].astype(acc) * x)
+        return tap("scale", x, self.scale[...].astype(acc) * x)
 
 
 def rope_cos_sin(positions_BT: jax.Array, inv_freq_h: jax.Array):
@@ -150,7 +109,7 @@ class Attention(nnx.Module):
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
             v = v + self.v_bias[...].astype(dt)
-        q, k, v = (_tap("dense", x, t, c.attention_bias) for t in (q, k, v))
+        q, k, v = (tap("dense", x, t, c.attention_bias) for t in (q, k, v))
         q, k = apply_rope(q, cos_BTH, sin_BTH), apply_rope(k, cos_BTH, sin_BTH)
         B, T, N, H = q.shape
         K = k.shape[2]
@@ -177,7 +136,7 @@ class Attention(nnx.Module):
         y = jnp.einsum("BTNH,NHD->BTD", out, self.o[...].astype(dt))
         if c.o_bias:
             y = y + self.o_bias[...].astype(dt)
-        return _tap("dense", out.reshape(B, T, N * H), y, c.o_bias), new_cache
+        return tap("dense", out.reshape(B, T, N * H), y, c.o_bias), new_cache
 
 
 class MLP(nnx.Module):
@@ -200,12 +159,12 @@ class MLP(nnx.Module):
         u = x @ self.up[...].astype(dt)
         if bias:
             g, u = g + self.gate_bias[...].astype(dt), u + self.up_bias[...].astype(dt)
-        g, u = _tap("dense", x, g, bias), _tap("dense", x, u, bias)
+        g, u = tap("dense", x, g, bias), tap("dense", x, u, bias)
         h_BTF = jax.nn.silu(g) * u
         y = h_BTF @ self.down[...].astype(dt)
         if bias:
             y = y + self.down_bias[...].astype(dt)
-        return _tap("dense", h_BTF, y, bias)
+        return tap("dense", h_BTF, y, bias)
 
 
 class DecoderLayer(nnx.Module):
@@ -248,14 +207,14 @@ class Llama(nnx.Module):
 
     # ------------------------------------------------------------------ pieces
     def embed_tokens(self, ids_BT):
-        return _tap("embed", ids_BT, jnp.take(self.embed[...], ids_BT, axis=0).astype(_acc(self.embed.dtype)))
+        return tap("embed", ids_BT, jnp.take(self.embed[...], ids_BT, axis=0).astype(_acc(self.embed.dtype)))
 
     def unembed(self, x_BTD):
         x = self.final_norm(x_BTD)
         dt = jnp.dtype(self.cfg.dtype)
         w = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
         x = x.astype(dt)
-        return _tap("head", x, jnp.matmul(x, w.astype(dt), preferred_element_type=_acc(dt)))
+        return tap("head", x, jnp.matmul(x, w.astype(dt), preferred_element_type=_acc(dt)))
 
     def __call__(
         self,
@@ -324,16 +283,3 @@ def init_cache(cfg: LlamaConfig, batch: int, length: int, dtype=None) -> Cache:
     dt = jnp.dtype(dtype or cfg.dtype)
     shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)  # head-major [B, K, S, H]
     return [{"k": jnp.zeros(shape, dt), "v": jnp.zeros(shape, dt)} for _ in range(cfg.n_layers)]
-
-
-def param_logical_axes(model: nnx.Module) -> dict[tuple, Any]:
-    """{path: logical axes} for every Param (used by sharding and checkpoint conversion)."""
-    out = {}
-    for path, var in nnx.iter_graph(model):
-        if isinstance(var, nnx.Param):
-            out[tuple(path)] = var.get_metadata().get("logical_axes")
-    return out
-
-
-def count_params(model: nnx.Module) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
