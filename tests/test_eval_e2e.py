@@ -284,11 +284,11 @@ def test_missing_inputs_are_reported_not_invented():
     assert "reference model" in out["logs"]["mia_reference"]["note"]
     assert tofu.needed_sets(["forget_quality"]) == {"forget"}
     assert tofu.needed_sets(["model_utility"]) == {"retain", "gen:retain", "ra", "gen:ra", "wf", "gen:wf"}
-    assert tofu.needed_sets(["privleak", "mia_gradnorm"]) == {"forget", "holdout", "gradnorm"}
+    assert tofu.needed_sets(["privleak", "mia_gradnorm"]) == {"forget", "holdout", "token_arrays", "gradnorm"}
 
 
 def test_bad_configs_fail_clearly():
-    with pytest.raises(ValueError, match="unknown TOFU metrics"):
+    with pytest.raises(ValueError, match=r"unknown TOFU metrics \['nope'\]; choose from \["):
         tofu.validate(driver.make_config("tofu", {"metrics": ("forget_Q_A_Prob", "nope")}))
     with pytest.raises(ValueError, match="unknown tofu eval config keys"):
         driver.make_config("tofu", {"max_item": 3})

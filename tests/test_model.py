@@ -336,6 +336,7 @@ def test_registered_family_is_picked_up_by_the_loader(tmp_path):
         config_from_hf=lambda hf, **rt: LlamaConfig.from_hf_dict({**hf, "model_type": "llama"}, **rt),
         config_to_hf=LlamaConfig.to_hf_dict,
         key_table=toy_table,
+        init_cache=families.LLAMA.init_cache,
     )
     model = _tiny()
     tensors = {k.replace("model.", "toy.", 1): v for k, v in hf_io.model_to_hf_tensors(model).items()}

@@ -21,8 +21,7 @@ from typing import Any
 import jax
 import ml_collections
 
-from cel_jax.evaluation import forward as F
-from cel_jax.evaluation import muse, tofu
+from cel_jax.evaluation import muse, timing, tofu
 from cel_jax.evaluation import report as R
 
 SUITES: dict[str, tuple[str, ModuleType]] = {"tofu": ("TOFU", tofu), "muse": ("MUSE", muse)}
@@ -78,9 +77,9 @@ def evaluate(
     """
     cfg = make_config(benchmark, cfg)
     name, suite = SUITES[benchmark]
-    t0 = F.clock()
+    t0 = timing.clock()
     logs, timings = suite.run(model, tok, cfg, ref_model=ref_model)
-    timings["total"] = F.elapsed(t0)
+    timings["total"] = timing.elapsed(t0)
     summary = summary_of(logs, cfg.metrics, cfg.max_items)
     if cfg.get("subsets"):
         summary["subsets"] = cfg.subsets

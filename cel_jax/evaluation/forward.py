@@ -1,5 +1,6 @@
-"""Device work of the evaluation: jitted, batched, length-bucketed forward statistics, per-sample GradNorm
-and greedy generation for ROUGE. The metric formulas live in `metrics`; this file only feeds them.
+"""Forward passes of the evaluation: jitted, batched, length-bucketed per-row statistics (losses and the
+per-token MIA / memorisation arrays). The metric formulas live in `metrics`; this file only feeds them.
+GradNorm is in `gradnorm`, generation in `batched_generation`, texts in `text`, timing in `timing`.
 
 Axes: B rows (sequences), G groups (items) of J answers that share a question, T padded row length,
 P padded shared-prefix length, A padded answer-chunk length, S next-token positions, V vocab.
@@ -20,24 +21,29 @@ padding), up to float rounding:
 from __future__ import annotations
 
 import functools
-import math
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
-from tqdm.auto import tqdm
 
-from cel_jax.evaluation import generate as gen
-from cel_jax.evaluation import ghost as ghost_lib
 from cel_jax.evaluation import metrics as M
-from cel_jax.model.llama import init_cache
+from cel_jax.evaluation.batched_generation import generate_ids  # noqa: F401  (re-export: bench/)
+from cel_jax.evaluation.batching import (
+    answer_cap,
+    answer_logits,
+    even_batch,
+    key_mask,
+    progress_bar,
+    round_up,
+)
+from cel_jax.evaluation.gradnorm import _gradnorm, _gradnorm_ghost, gradnorm_scores  # noqa: F401  (re-export)
+from cel_jax.evaluation.timing import clock, elapsed  # noqa: F401  (re-export)
+from cel_jax.model import families
 from cel_jax.scale import hostmem
-from cel_jax.unlearning import answer_rows
+
+_answer_logits = answer_logits  # the pre-split private name (tests/test_ghost.py)
 
 IGNORE = M.IGNORE_INDEX
 Item = Mapping[str, Any]
@@ -45,41 +51,6 @@ RowStats = dict[str, Any]  # avg_loss (float | None), n_tokens; with full stats 
 
 _LOSS_KEYS = ("avg_loss_B", "valid_B", "n_tokens_B")
 _FULL_KEYS = _LOSS_KEYS + ("mia_mask_BS", "token_logp_BS", "mu_BS", "sigma2_BS", "correct_BS")
-
-
-def round_up(n: int, multiple: int) -> int:
-    """The bucket of a length: the next multiple of `multiple` (at least one multiple)."""
-    return max(multiple, -(-int(n) // multiple) * multiple)
-
-
-def even_batch(n: int, batch_size: int) -> int:
-    """The batch size that cuts n rows into the fewest batches of at most batch_size with the fewest
-    filler rows (the calls are as many as with batch_size; the last one is not mostly filler)."""
-    return math.ceil(n / math.ceil(n / batch_size)) if n else batch_size
-
-
-def key_mask(ids: np.ndarray, pad_id: int, compat: bool) -> np.ndarray:
-    """Mask of the real tokens `ids`: all ones, or with `compat` the reference's `ids != pad_id`."""
-    ids = np.asarray(ids)
-    return (ids != pad_id).astype(np.int32) if compat else np.ones(ids.shape, np.int32)
-
-
-def clock() -> tuple[float, float]:
-    """Start of a timed section: (wall, process CPU) seconds."""
-    return time.perf_counter(), time.process_time()
-
-
-def elapsed(start: tuple[float, float]) -> dict[str, float]:
-    """Wall and process-CPU seconds (all threads of this process) since `clock()`; CPU time is the
-    measure that does not depend on how busy a shared machine is."""
-    return {
-        "wall_s": round(time.perf_counter() - start[0], 2),
-        "cpu_s": round(time.process_time() - start[1], 2),
-    }
-
-
-def _progress(total: int, desc: str, enabled: bool):
-    return tqdm(total=total, desc=desc, disable=not enabled, file=sys.stderr, dynamic_ncols=True, leave=True)
 
 
 def _select(stats: Mapping[str, jax.Array], full: bool) -> dict[str, jax.Array]:
@@ -90,28 +61,9 @@ def _select(stats: Mapping[str, jax.Array], full: bool) -> dict[str, jax.Array]:
 # Jitted kernels (one compile per shape; the model is an argument, so every model of one graph reuses them).
 
 
-def _answer_logits(model, ids_BT, mask_BT, labels_BT, cap: int | None):
-    """(logits, labels) on every row (cap None), or on the answer-predicting rows only with compact labels
-    (unlearning.answer_rows; same statistics: every one reads only rows whose next label is a target)."""
-    if cap is None:
-        return model(ids_BT, mask_BT), labels_BT
-    rows_BC, labels_BC = answer_rows.compact(labels_BT, cap)
-    return answer_rows.logits_on_rows(model, ids_BT, mask_BT, rows_BC), labels_BC
-
-
-def answer_cap(labels_BT: np.ndarray, T: int) -> int | None:
-    """Rows kept per sequence (a multiple of T/4, few compiled shapes), or None when it saves nothing or a
-    label sits at position 0 (it is counted by n_tokens but predicted by no row)."""
-    labels_BT = np.asarray(labels_BT)
-    if T < 8 or np.any(labels_BT[:, 0] != IGNORE):
-        return None
-    cap = -(-answer_rows.capacity(labels_BT, multiple=1) // (T // 4)) * (T // 4)
-    return cap if cap < T - 1 else None
-
-
 @functools.partial(jax.jit, static_argnames=("full", "cap"))
 def _plain_stats(model, ids_BT, mask_BT, labels_BT, full: bool, cap: int | None = None):
-    logits, labels = _answer_logits(model, ids_BT, mask_BT, labels_BT, cap)
+    logits, labels = answer_logits(model, ids_BT, mask_BT, labels_BT, cap)
     return _select(M.token_stats(logits, labels), full)
 
 
@@ -122,7 +74,7 @@ def _prefix_stats(
     """Prefill the shared prefixes once, then score the J answer chunks of every group against the cache."""
     G, J, A = ids_GJA.shape
     P = pre_ids_GP.shape[1]
-    cache = init_cache(model.cfg, G, P + A)
+    cache = families.init_cache(model.cfg, G, P + A)
     pre_kv_GP = pre_mask_GP.astype(bool)
     kv_GS = jnp.concatenate([pre_kv_GP, jnp.zeros((G, A), bool)], axis=1)
     _, cache = model.decode_step(pre_ids_GP, pre_pos_GP, kv_GS, cache, 0)
@@ -138,27 +90,6 @@ def _prefix_stats(
         first_BAV = logits_GJAV.reshape(G * n_full, A, -1)
         out["full"] = _select(M.token_stats(first_BAV, labels_GJA[:, :n_full].reshape(G * n_full, A)), True)
     return out
-
-
-@functools.partial(jax.jit, static_argnames=("cap",))
-def _gradnorm(model, ids_1T, mask_1T, labels_1T, cap: int | None = None):
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-    def loss_fn(p):
-        m = nnx.merge(graphdef, p, rest)
-        return M.mia_token_nll(*_answer_logits(m, ids_1T, mask_1T, labels_1T, cap))[0]
-
-    return M.grad_norm_mean(jax.grad(loss_fn)(params), 2)
-
-
-@functools.partial(jax.jit, static_argnames=("cap",))
-def _gradnorm_ghost(model, ids_BT, mask_BT, labels_BT, cap: int | None = None):
-    """GradNorm scores [B] of B independent rows from one backward pass to the activations (ghost.py)."""
-    sq_NB = ghost_lib.tensor_sq_norms(
-        lambda: M.mia_token_nll(*_answer_logits(model, ids_BT, mask_BT, labels_BT, cap)),
-        model.cfg.tie_word_embeddings,
-    )
-    return jnp.mean(jnp.sqrt(sq_NB), axis=0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -339,7 +270,7 @@ def group_stats(
         raise ValueError(f"batch_size and multiple must be positive; got {batch_size}, {multiple}")
     splits = [_shared_split(g) for g in groups] if (share_prefix and J > 1) else []
     if splits and min(splits) >= 1:
-        with _progress(len(groups), desc, progress) as bar:
+        with progress_bar(len(groups), desc, progress) as bar:
             shared = _prefix_groups(
                 model,
                 groups,
@@ -356,7 +287,7 @@ def group_stats(
     # Plain full-sequence rows (single answers, or prompts that cannot be shared); progress in rows.
     flat = [it for g in groups for it in g]
     rows: list[RowStats | None] = [None] * len(flat)
-    with _progress(len(flat), desc, progress) as bar:
+    with progress_bar(len(flat), desc, progress) as bar:
         for want_full in (True, False):
             sel = [i for i in range(len(flat)) if (i % J < n_full) == want_full]
             if not sel:
@@ -380,160 +311,3 @@ def group_stats(
 def item_stats(model, items: Sequence[Item], pad_id: int, *, full: bool = False, **kw: Any) -> list[RowStats]:
     """group_stats for single-answer items (full=True: with the per-token MIA arrays)."""
     return [g[0] for g in group_stats(model, [[it] for it in items], pad_id, n_full=int(full), **kw)]
-
-
-def gradnorm_scores(
-    model,
-    items: Sequence[Item],
-    pad_id: int,
-    *,
-    multiple: int = 32,
-    per_item: bool | None = None,
-    ghost: int = 8,
-    compat: bool = False,
-    desc: str = "mia_gradnorm",
-    progress: bool = True,
-) -> list[float | None]:
-    """OU GradNorm score per item: mean over parameter tensors of the L2 norm of
-    d(-mean target log-prob over the MIA positions)/d(param), each item's own gradient (the reference runs
-    batch 1). None for an item without MIA positions.
-
-    `ghost=G > 0`: G items per call, every tensor's per-item norm from one backward pass to the activations
-    without weight gradients (cel_jax/evaluation/ghost.py; exact up to float rounding, fewer FLOPs and
-    larger matmuls). `ghost=0`, and any model with remat: the reference's way, one full gradient per item.
-
-    `per_item=True`: each item is right-padded to its own length bucket (a multiple of `multiple`; padding
-    is masked and changes no gradient), so the gradient compiles once per bucket and items run bucket by
-    bucket. `per_item=False` pads every item to the longest one's bucket (one compile, more tokens).
-    None: True on the CPU, where the time follows the tokens (x1.32 measured, bench/gradnorm_buckets.py);
-    False elsewhere, where a 135M model's batch-1 step is bound by launches, not tokens, and the GPU
-    results were measured that way."""
-    if multiple < 1 or ghost < 0:
-        raise ValueError(f"multiple must be positive and ghost >= 0, got {multiple}, {ghost}")
-    if per_item is None:
-        per_item = jax.default_backend() == "cpu"
-    if model.cfg.remat != "none":
-        ghost = 0  # the taps cannot see inside rematerialised layers: one full gradient per item
-    out: list[float | None] = [None] * len(items)
-    buckets: dict[int, list[int]] = {}
-    longest = max((len(it["input_ids"]) for it in items), default=0)
-    for i, it in enumerate(items):
-        if int(np.sum(np.asarray(it["labels"]) != IGNORE)) >= 2:  # else nothing left once the last is dropped
-            T = round_up(len(it["input_ids"]) if per_item else longest, multiple)
-            buckets.setdefault(T, []).append(i)
-    with _progress(len(items), desc, progress) as bar:
-        bar.update(len(items) - sum(map(len, buckets.values())))
-        for T, idx in sorted(buckets.items()):
-            labels_NT = np.full((len(idx), T), IGNORE, np.int32)
-            for r, i in enumerate(idx):
-                labels_NT[r, : len(items[i]["labels"])] = items[i]["labels"]
-            cap = answer_cap(labels_NT, T)
-            G = even_batch(len(idx), ghost) if ghost else 1
-            for start in range(0, len(idx), G):
-                rows = list(range(start, min(start + G, len(idx))))
-                src = rows + [rows[0]] * (G - len(rows))  # fillers: copies (rows are independent; dropped)
-                ids = np.full((G, T), pad_id, np.int32)
-                mask = np.zeros((G, T), np.int32)
-                for g, r in enumerate(src):
-                    it = items[idx[r]]
-                    ids[g, : len(it["input_ids"])] = it["input_ids"]
-                    mask[g, : len(it["input_ids"])] = key_mask(it["input_ids"], pad_id, compat)
-                labels = labels_NT[src]
-                args = (model, *map(jnp.asarray, (ids, mask, labels)))
-                scores = (
-                    np.asarray(_gradnorm_ghost(*args, cap=cap))
-                    if ghost
-                    else [float(_gradnorm(*args, cap=cap))]
-                )
-                for g, r in enumerate(rows):
-                    out[idx[r]] = float(scores[g])
-                bar.update(len(rows))
-    hostmem.release()
-    return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Generation and text.
-
-
-def clean_up_tokenization(text: str) -> str:
-    """transformers 4.45's `clean_up_tokenization` (what OU's `clean_up_tokenization_spaces=True` did; the
-    transformers 5 tokenizers here skip it for BPE)."""
-    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't")):
-        text = text.replace(a, b)
-    for a, b in ((" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
-        text = text.replace(a, b)
-    return text
-
-
-def decode(tok, ids: Sequence[int], cleanup: bool = True) -> str:
-    """`tok.decode(ids, skip_special_tokens=True)` with the 4.45 clean-up applied when `cleanup`."""
-    text = tok.decode([int(t) for t in ids], skip_special_tokens=True, clean_up_tokenization_spaces=False)
-    return clean_up_tokenization(text) if cleanup else text
-
-
-def target_ids(item: Item) -> list[int]:
-    """The labelled tokens of an item (OU: `labels[labels != -100]`)."""
-    return [int(t) for t in item["labels"] if t != IGNORE]
-
-
-def generate_ids(
-    model,
-    prompts: Sequence[Sequence[int]],
-    *,
-    eos_ids: Sequence[int],
-    pad_id: int,
-    max_new_tokens: int,
-    batch_size: int = 128,
-    compat: bool = False,
-    shrink: bool | None = None,
-    desc: str = "generate",
-    progress: bool = True,
-) -> list[list[int]]:
-    """Greedy continuations (EOS excluded). Prompts are sorted by length and cut into equal batches of at
-    most `batch_size` (so the last batch carries few filler rows); with `shrink` (default: on the CPU)
-    each batch drops its finished rows as it goes (`generate.decode_batch`). With `compat` the prompt
-    mask is the reference's `ids != pad_id` (positions cumsum(mask) - 1). One progress step per batch,
-    rows still generating shown as it runs."""
-    if not prompts:
-        return []
-    order = np.argsort([len(p) for p in prompts], kind="stable")
-    n_batches = math.ceil(len(prompts) / batch_size)
-    B = even_batch(len(prompts), batch_size)
-    mask_fn = (lambda p: key_mask(p, pad_id, True)) if compat else None
-    results: list[list[int]] = [[] for _ in prompts]
-    with _progress(n_batches, desc, progress) as bar:
-
-        def on_segment(step: int, live: int) -> None:
-            bar.set_postfix(step=step, generating=live)
-
-        for start in range(0, len(order), B):
-            idx = order[start : start + B]
-            outs = gen.greedy_generate(
-                model,
-                [list(prompts[i]) for i in idx],
-                eos_ids=eos_ids,
-                pad_id=pad_id,
-                max_new_tokens=max_new_tokens,
-                batch_size=B,
-                shrink=shrink,
-                mask_fn=mask_fn,
-                on_segment=on_segment,
-            )
-            for i, o in zip(idx, outs, strict=True):
-                results[i] = list(o)
-            bar.update(1)
-    return results
-
-
-def rouge_texts(tok, items: Sequence[Item], outputs: Sequence[Sequence[int]], stopwords: Sequence[str] = ()):
-    """OU `eval_text_similarity` texts: (ground_truths, generations, inputs) for generation items
-    (`input_ids` = prompt, `labels` = the labelled conversation / continuation)."""
-    eos_text = tok.decode([tok.eos_token_id]) if tok.eos_token_id is not None else None
-    gts, gens, inputs = [], [], []
-    for it, out in zip(items, outputs, strict=True):
-        input_text = decode(tok, it["input_ids"])
-        gts.append(M.rouge_ground_truth(decode(tok, target_ids(it)), input_text))
-        gens.append(M.clean_generation(decode(tok, out), stopwords, eos_text))
-        inputs.append(input_text)
-    return gts, gens, inputs

@@ -14,8 +14,9 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from cel_jax.model.llama import Llama, init_cache
+from cel_jax.model import families
 from cel_jax.scale import hostmem
 
 
@@ -32,11 +33,11 @@ SHRINK_SIZES = (64, 32, 16, 4, 1)
 
 
 @functools.partial(jax.jit, static_argnames=("max_new_tokens",))
-def _prefill(model: Llama, ids_BP, mask_BP, max_new_tokens: int):
+def _prefill(model: nnx.Module, ids_BP, mask_BP, max_new_tokens: int):
     """Prefill left-padded prompts into a cache of S = P + max_new_tokens slots; returns the decode state
     (next token, cache, kv mask, done flags, last prompt position)."""
     B, P = ids_BP.shape
-    cache = init_cache(model.cfg, B, P + max_new_tokens)
+    cache = families.init_cache(model.cfg, B, P + max_new_tokens)
     kv_mask_BS = jnp.concatenate([mask_BP.astype(bool), jnp.zeros((B, max_new_tokens), bool)], axis=1)
     pos_BP = jnp.maximum(jnp.cumsum(mask_BP, axis=1) - 1, 0)
     logits, cache = model.decode_step(ids_BP, pos_BP, kv_mask_BS, cache, 0, last_only=True)  # left-padded
@@ -47,7 +48,7 @@ def _prefill(model: Llama, ids_BP, mask_BP, max_new_tokens: int):
 # The decode state (its KV cache: 1.8 GB for 128 SmolLM2 rows of 300 slots) is donated, so a segment
 # updates the cache in place instead of holding the old and the new one.
 @functools.partial(jax.jit, static_argnames=("steps", "max_new_tokens"), donate_argnames=("state",))
-def _decode(model: Llama, state, eos_ids, start, steps: int, max_new_tokens: int):
+def _decode(model: nnx.Module, state, eos_ids, start, steps: int, max_new_tokens: int):
     """Greedy steps start .. start+steps-1 (stopping early once every row is done or at max_new_tokens).
     Returns (state, out_BN: the tokens emitted, -1 where no step ran, next step index)."""
     tok_B, cache, kv_mask_BS, done_B, last_pos_B = state
@@ -81,7 +82,7 @@ def _take_rows(state, rows_b):
     return jax.tree.map(lambda x: jnp.take(x, rows_b, axis=0), state)
 
 
-def _greedy(model: Llama, ids_BP, mask_BP, eos_ids, max_new_tokens: int):
+def _greedy(model: nnx.Module, ids_BP, mask_BP, eos_ids, max_new_tokens: int):
     """The whole greedy loop at a fixed batch: (out_BN, number of steps run), like one compiled loop."""
     state = _prefill(model, ids_BP, mask_BP, max_new_tokens=max_new_tokens)
     _, out, n = _decode(
@@ -91,7 +92,7 @@ def _greedy(model: Llama, ids_BP, mask_BP, eos_ids, max_new_tokens: int):
 
 
 def decode_batch(
-    model: Llama,
+    model: nnx.Module,
     ids_BP: np.ndarray,
     mask_BP: np.ndarray,
     n_real: int,
@@ -175,7 +176,7 @@ def left_pad(
 
 
 def greedy_generate(
-    model: Llama,
+    model: nnx.Module,
     prompts: Sequence[Sequence[int]],
     *,
     eos_ids: Sequence[int],
@@ -228,7 +229,7 @@ def cut_at_stop(text: str, stop_strings: Sequence[str] = ()) -> str:
 
 
 def generate_text(
-    model: Llama,
+    model: nnx.Module,
     tokenizer,
     prompts: Sequence[str | list[dict]],
     *,
@@ -267,7 +268,7 @@ def generate_text(
     return [cut_at_stop(tokenizer.decode(o, skip_special_tokens=True), stop_strings).strip() for o in outs]
 
 
-def eos_token_ids(model: Llama, tokenizer) -> list[int]:
+def eos_token_ids(model: nnx.Module, tokenizer) -> list[int]:
     eos = model.cfg.eos_token_id
     ids = list(eos) if isinstance(eos, list | tuple) else ([eos] if eos is not None else [])
     if tokenizer is not None and tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:

@@ -13,9 +13,8 @@ from typing import Any
 
 from flax import nnx
 
-from cel_jax.model import llama_params
+from cel_jax.model import llama, llama_params
 from cel_jax.model.config import SUPPORTED_MODEL_TYPES, LlamaConfig
-from cel_jax.model.llama import Llama
 
 DEFAULT_MODEL_TYPE = "llama"  # what a config.json without `model_type` is read as
 
@@ -27,6 +26,7 @@ class Family:
     model_cls(cfg, rngs=nnx.Rngs) builds the NNX model; its instances expose `.cfg`.
     config_from_hf(hf_dict, **runtime) -> cfg (runtime: dtype, param_dtype, remat); config_to_hf(cfg) -> dict.
     key_table(cfg) -> {our param path: (hf key, hf->ours, ours->hf)} with exact-inverse transforms.
+    init_cache(cfg, B, S) -> the empty KV cache for B sequences of S slots (prefill and decoding).
     ignorable_hf_key(cfg, key): checkpoint tensors loading may skip (no place in the model).
     """
 
@@ -36,6 +36,7 @@ class Family:
     config_from_hf: Callable[..., Any]
     config_to_hf: Callable[[Any], dict[str, Any]]
     key_table: Callable[[Any], dict[str, tuple[str, Callable, Callable]]]
+    init_cache: Callable[[Any, int, int], Any]
     ignorable_hf_key: Callable[[Any, str], bool] = lambda cfg, key: False
 
 
@@ -89,14 +90,20 @@ def build(cfg: Any, rngs: nnx.Rngs) -> nnx.Module:
     return for_config(cfg).model_cls(cfg, rngs=rngs)
 
 
+def init_cache(cfg: Any, B: int, S: int) -> Any:
+    """The empty KV cache of `cfg`'s family for B sequences of S slots."""
+    return for_config(cfg).init_cache(cfg, B, S)
+
+
 LLAMA = register(
     Family(
         name="llama",
         model_types=SUPPORTED_MODEL_TYPES,  # llama, mistral, qwen2: one decoder, flags in LlamaConfig
-        model_cls=Llama,
+        model_cls=llama.Llama,
         config_from_hf=LlamaConfig.from_hf_dict,
         config_to_hf=LlamaConfig.to_hf_dict,
         key_table=llama_params.key_table,
+        init_cache=llama.init_cache,
         ignorable_hf_key=llama_params.ignorable_hf_key,
     )
 )
