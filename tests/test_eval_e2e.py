@@ -157,7 +157,7 @@ def _direct_logp(model, item, mask=None):
     logits_TV = np.asarray(_forward(model, jnp.asarray(ids), jnp.asarray(full_mask)))[0, :n]
     logp_SV = np.asarray(jax.nn.log_softmax(jnp.asarray(logits_TV[:-1]), axis=-1))
     target_S = np.asarray(item["labels"])[1:]
-    pos = np.flatnonzero(target_S != M.IGNORE_INDEX)
+    pos = np.flatnonzero(target_S != M.IGNORE)
     return logp_SV[pos, target_S[pos]]
 
 

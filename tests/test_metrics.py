@@ -19,7 +19,7 @@ import scipy.stats
 from cel_jax.evaluation import metrics as M
 from cel_jax.evaluation import report as R
 
-IGN = M.IGNORE_INDEX
+IGN = M.IGNORE
 FIXTURES = Path(__file__).parent / "fixtures" / "muse"
 
 

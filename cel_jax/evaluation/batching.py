@@ -12,10 +12,8 @@ import sys
 import numpy as np
 from tqdm.auto import tqdm
 
-from cel_jax.evaluation import metrics as M
+from cel_jax.data.format import IGNORE
 from cel_jax.unlearning import answer_rows
-
-IGNORE = M.IGNORE_INDEX
 
 
 def round_up(n: int, multiple: int) -> int:

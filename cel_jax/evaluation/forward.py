@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cel_jax.data.format import IGNORE
 from cel_jax.evaluation import metrics as M
 from cel_jax.evaluation.batched_generation import generate_ids  # noqa: F401  (re-export: bench/)
 from cel_jax.evaluation.batching import (
@@ -45,7 +46,6 @@ from cel_jax.scale import hostmem
 
 _answer_logits = answer_logits  # the pre-split private name (tests/test_ghost.py)
 
-IGNORE = M.IGNORE_INDEX
 Item = Mapping[str, Any]
 RowStats = dict[str, Any]  # avg_loss (float | None), n_tokens; with full stats also per-token arrays
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from cel_jax.data.format import IGNORE
 from cel_jax.evaluation import ghost as ghost_lib
 from cel_jax.evaluation import metrics as M
 from cel_jax.evaluation.batching import (
@@ -27,7 +28,6 @@ from cel_jax.evaluation.batching import (
 )
 from cel_jax.scale import hostmem
 
-IGNORE = M.IGNORE_INDEX
 Item = Mapping[str, Any]
 
 

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 # Re-exported: the statistics and OU result layouts live in `results`; `M.<name>` keeps working.
+from cel_jax.data.format import IGNORE
 from cel_jax.evaluation.results import (  # noqa: F401
     MODEL_UTILITY_KEYS,
     PRIVLEAK_COMPAT_REF_AUC,
@@ -70,7 +71,6 @@ from cel_jax.evaluation.results import (  # noqa: F401
     truth_ratio_result,
 )
 
-IGNORE_INDEX = -100
 MIA_K = 0.4  # OU's k for mia_min_k / mia_min_k_plus_plus / privleak
 MINKPP_SIGMA2_MIN = 1e-6  # OU's clamp of the Min-K++ variance
 
@@ -82,7 +82,7 @@ MINKPP_SIGMA2_MIN = 1e-6  # OU's clamp of the Min-K++ variance
 def token_stats(logits_BTV: jax.Array, labels_BT: jax.Array) -> dict[str, jax.Array]:
     """Per-item and per-position statistics of a forward pass, in float32.
 
-    Labels are HF style: unshifted, `IGNORE_INDEX` where there is no target; logits at t-1 predict
+    Labels are HF style: unshifted, `IGNORE` where there is no target; logits at t-1 predict
     labels[t]. Jittable (shape checks use static shapes only).
 
     Returns:
@@ -118,13 +118,13 @@ def _token_stats(logits_BTV: jax.Array, labels_BT: jax.Array) -> dict[str, jax.A
     labels_BT = labels_BT.astype(jnp.int32)
     logp_BSV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
     target_BS = labels_BT[:, 1:]
-    label_mask_BS = target_BS != IGNORE_INDEX
+    label_mask_BS = target_BS != IGNORE
     safe_target_BS = jnp.where(label_mask_BS, target_BS, 0)
     token_logp_BS = jnp.take_along_axis(logp_BSV, safe_target_BS[..., None], axis=-1)[..., 0]
     token_logp_BS = jnp.where(label_mask_BS, token_logp_BS, 0.0)
 
     loss_sum_B = -jnp.sum(token_logp_BS, axis=-1)
-    n_tokens_B = jnp.sum(labels_BT != IGNORE_INDEX, axis=-1).astype(jnp.int32)
+    n_tokens_B = jnp.sum(labels_BT != IGNORE, axis=-1).astype(jnp.int32)
     valid_B = n_tokens_B > 0
     avg_loss_B = jnp.where(valid_B, loss_sum_B / jnp.maximum(n_tokens_B, 1), jnp.nan)
 
@@ -165,7 +165,7 @@ def mia_token_nll(logits_BTV: jax.Array, labels_BT: jax.Array) -> jax.Array:
     """
     logp_BSV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
     target_BS = labels_BT[:, 1:].astype(jnp.int32)
-    label_mask_BS = target_BS != IGNORE_INDEX
+    label_mask_BS = target_BS != IGNORE
     lp_BS = jnp.take_along_axis(logp_BSV, jnp.where(label_mask_BS, target_BS, 0)[..., None], axis=-1)[..., 0]
     pos_S = jnp.arange(target_BS.shape[1])
     last_B = jnp.max(jnp.where(label_mask_BS, pos_S[None, :], -1), axis=-1)

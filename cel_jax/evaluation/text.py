@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from cel_jax.data.format import IGNORE
 from cel_jax.evaluation import metrics as M
 
-IGNORE = M.IGNORE_INDEX
 Item = Mapping[str, Any]
 
 
