@@ -39,7 +39,7 @@ def main() -> None:
 
     from bench.tofu_mini import PRESETS
     from cel_jax import data as D
-    from cel_jax.evaluation import forward as F
+    from cel_jax.evaluation import batched_generation as BG
     from cel_jax.evaluation import report as R
     from cel_jax.evaluation import tofu
     from cel_jax.evaluation.generate import eos_token_ids
@@ -55,7 +55,7 @@ def main() -> None:
     kw = dict(eos_ids=eos_token_ids(model, tok), pad_id=D.pad_id_of(tok), max_new_tokens=200, progress=False)
 
     def gen(name: str) -> list:
-        return F.generate_ids(model, prompts, **VARIANTS[name], **kw)
+        return BG.generate_ids(model, prompts, **VARIANTS[name], **kw)
 
     ab = interleaved({k: functools.partial(gen, k) for k in VARIANTS}, args.reps)
     outs, med = ab["outputs"], ab["median_s"]

@@ -5,7 +5,7 @@
   (with CEL_JAX_CACHE=/root/.cache/cel_jax, where the embedded model was converted)
 
 The items are the TOFU suite's own: forget01 answers + holdout01 (80 items, chat template, OU system
-prompt), on the embedded SmolLM2-135M-Instruct. `evaluation.forward.gradnorm_scores` runs with
+prompt), on the embedded SmolLM2-135M-Instruct. `evaluation.gradnorm.gradnorm_scores` runs with
 `per_item=True` (the CPU default: each item padded to its own multiple of 32) and `per_item=False` (every
 item padded to the longest one's multiple of 32, what the suite did before: one compiled program), both
 one full gradient per item (`ghost=0`). `--compare ghost`: per-item buckets with `ghost=8` (8 items per
@@ -48,6 +48,7 @@ def main() -> None:
 
     from cel_jax import data as D
     from cel_jax.evaluation import forward as F
+    from cel_jax.evaluation import gradnorm as G
     from cel_jax.evaluation import report as R
     from cel_jax.evaluation import tofu
     from cel_jax.model import hf_io
@@ -61,7 +62,7 @@ def main() -> None:
     lens = [len(it["input_ids"]) for it in items]
 
     def score(kw: dict) -> list:
-        return F.gradnorm_scores(model, items, pad, progress=False, **kw)
+        return G.gradnorm_scores(model, items, pad, progress=False, **kw)
 
     ab = interleaved({k: functools.partial(score, kw) for k, kw in variants.items()}, args.reps)
     scores, med = ab["outputs"], ab["median_s"]

@@ -15,7 +15,7 @@ see XLA buffers. Two modes:
            Runs `cel-jax unlearn` in this process with markers around its parts (model load, examples,
            state, ε, first step = trace + compile, steps, checkpoint saves, export, ...): peak RSS inside
            each phase, RSS when it ends, and the bytes of live JAX arrays at its end. `--patch` applies
-           candidate changes of training/train.py as monkeypatches (see PATCHES), to measure them before
+           candidate changes of the training code as monkeypatches (see PATCHES), to measure them before
            the code changes.
 
   eval     python -m bench.memory eval --config configs/eval/tofu.py --workdir DIR [--set key=value ...]
@@ -39,102 +39,9 @@ import threading
 import time
 from pathlib import Path
 
+from bench.rss import Phases, print_table, self_hwm_mb, self_rss_mb, tree_rss_mb
+
 MB = 1 << 20
-
-
-# ------------------------------------------------------------------------------------------ sampling
-def _status_kb(pid: int | str, key: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return 0
-
-
-def _children(pid: int) -> list[int]:
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        try:
-            with open(f"/proc/{p}/task/{p}/children") as f:
-                kids = [int(k) for k in f.read().split()]
-        except (FileNotFoundError, ProcessLookupError):
-            kids = []
-        out += kids
-        todo += kids
-    return out
-
-
-def tree_rss_mb(pid: int) -> float:
-    """RSS of `pid` and its descendants, MB (VmRSS from /proc)."""
-    return sum(_status_kb(p, "VmRSS") for p in [pid, *_children(pid)]) / 1024.0
-
-
-def self_rss_mb() -> float:
-    return _status_kb("self", "VmRSS") / 1024.0
-
-
-def self_hwm_mb() -> float:
-    return _status_kb("self", "VmHWM") / 1024.0
-
-
-class Phases:
-    """A sampler thread attributing RSS samples to the current phase (set with `mark`)."""
-
-    def __init__(self, read, interval: float = 0.02):
-        self.read, self.interval = read, interval
-        self.rows: list[dict] = []
-        self.lock = threading.Lock()
-        self.stop_ev = threading.Event()
-        self.mark("start")
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def mark(self, name: str, **extra) -> None:
-        rss = self.read()
-        with self.lock:
-            if self.rows:
-                cur = self.rows[-1]
-                cur["end_mb"] = rss
-                cur["peak_mb"] = max(cur["peak_mb"], rss)
-                cur["s"] = round(time.time() - cur["t0"], 2)
-                cur.update(extra)
-            self.rows.append({"phase": name, "t0": time.time(), "start_mb": rss, "peak_mb": rss})
-
-    def annotate(self, **extra) -> None:
-        """Add fields to the phase that just ended (the one before the current)."""
-        with self.lock:
-            if len(self.rows) >= 2:
-                self.rows[-2].update(extra)
-
-    def _loop(self):
-        while not self.stop_ev.wait(self.interval):
-            rss = self.read()
-            with self.lock:
-                self.rows[-1]["peak_mb"] = max(self.rows[-1]["peak_mb"], rss)
-
-    def stop(self) -> list[dict]:
-        self.stop_ev.set()
-        self.thread.join()
-        self.mark("end")
-        rows = self.rows[:-1]
-        for r in rows:
-            r.pop("t0", None)
-            for k in ("start_mb", "peak_mb", "end_mb"):
-                if k in r:
-                    r[k] = round(r[k])
-        return rows
-
-
-def print_table(rows: list[dict], extra_cols: tuple[str, ...] = ()) -> None:
-    cols = ("phase", "s", "start_mb", "peak_mb", "end_mb", *extra_cols)
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for r in rows:
-        print("| " + " | ".join(str(r.get(c, "")) for c in cols) + " |")
 
 
 # ------------------------------------------------------------------------------------------ run mode
@@ -201,7 +108,7 @@ def _wrap(obj, name: str, ph: Phases, phase: str | None = None, after: str | Non
     return orig
 
 
-# Candidate changes of training/train.py, as monkeypatches (train.py itself is not edited by this bench).
+# Candidate changes of the training code, as monkeypatches (the code itself is not edited by this bench).
 def _patch_clear_caches(train, ph):
     """jax.clear_caches() + gc.collect() after training, before the export/examples/eval (drops the
     compiled step's executable and the tracing caches that pin its constants)."""
@@ -271,16 +178,16 @@ def measure_unlearn(args) -> dict:
     jax = _jax_setup()
     from cel_jax.evaluation import before_after
     from cel_jax.model import hf_io
-    from cel_jax.training import checkpoint, plots, target, train
+    from cel_jax.training import checkpoint, engine, plots, retain_eval, target, train
 
     cfg = _load_config(args.config, args.set)
     ph.mark("imports done")
     _wrap(hf_io, "load_pretrained", ph, "load model")
     _wrap(target, "ensure_target", ph, "target (fine-tune or cache)")
     _wrap(before_after, "snapshot", ph, "before/after answers (generate)")
-    _wrap(train, "create_state", ph, "create state (AdamW init)")
+    _wrap(engine, "create_state", ph, "create state (AdamW init)")
     _wrap(checkpoint, "restore_latest", ph, "restore latest")
-    _wrap(train, "_initial_eps", ph, "eps (retain forward)")
+    _wrap(retain_eval, "initial_eps", ph, "eps (retain forward)")
     _wrap(checkpoint, "finish", ph, "checkpoint finish (wait)", after="after training")
     _wrap(hf_io, "save_pretrained", ph, "export model")
     _wrap(plots, "training_curves", ph, "plots")
@@ -302,7 +209,7 @@ def measure_unlearn(args) -> dict:
     orig_next = TrainData.next_batch
 
     def next_batch(self, *a, **k):
-        if sys._getframe(1).f_code.co_name != "_run_batches":
+        if sys._getframe(1).f_code.co_name != "run_batches":
             steps["n"] += 1
             ph.mark(f"step {steps['n']}", live_jax_mb=_live_jax_mb())
         return orig_next(self, *a, **k)

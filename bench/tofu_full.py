@@ -24,17 +24,8 @@ import json
 import time
 from pathlib import Path
 
-from bench.tofu_mini import (
-    _curves,
-    _done,
-    _finite,
-    _fmt,
-    _write_json,
-    _write_text,
-    eval_stage,
-    machine,
-    train_stage,
-)
+from bench.tofu_report import finite, fmt, machine
+from bench.tofu_stages import done, eval_stage, stage_curves, train_stage, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 HUB = "locuslab/TOFU"  # --data=locuslab/TOFU reads the hub (online users)
@@ -127,7 +118,7 @@ def markdown(res: dict) -> str:
             s = row["summary"]
             lines.append(
                 f"| {name} | "
-                + " | ".join(_fmt(s.get(k)) for k in TABLE)
+                + " | ".join(fmt(s.get(k)) for k in TABLE)
                 + "".join(f" | {row[k]:.0f}" for k in ("train_s", "eval_s"))
                 + " |"
             )
@@ -161,17 +152,17 @@ def report(a: argparse.Namespace, splits: dict, stage_s: dict, skipped: list, ou
         "stage_s": stage_s,
         "skipped": skipped,
         "this_call_wall_s": round(time.time() - t0, 1),
-        "splits": _finite(splits),
+        "splits": finite(splits),
         # λ, forget / retain loss and ε per optimizer step of every finished PDU run
         "curves": {
-            n: _finite(_curves(Path(a.workdir) / n))
+            n: finite(stage_curves(Path(a.workdir) / n))
             for n in (f"pdu{s[-2:]}" for s in RETAIN)
-            if _done(Path(a.workdir) / n) is not None
+            if done(Path(a.workdir) / n) is not None
         },
     }
     out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "results.json", res)
-    _write_text(out / "results.md", markdown(res))
+    write_json(out / "results.json", res)
+    write_text(out / "results.md", markdown(res))
     return res
 
 
@@ -199,7 +190,7 @@ def run(a: argparse.Namespace) -> dict:
         if not after:
             skipped.append(name)
             return None
-        if _done(work / name) is None and time.time() - t0 > a.deadline_min * 60:
+        if done(work / name) is None and time.time() - t0 > a.deadline_min * 60:
             skipped.append(name)
             return None
         info = fn(work / name, *args)

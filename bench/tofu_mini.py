@@ -16,14 +16,13 @@ Then `<out>/results.json`, `<out>/results.md` and the plots. The protocol is in 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
-import platform
-import shutil
 import time
 from pathlib import Path
 from typing import Any
+
+# The stages themselves are in bench/tofu_stages.py, the table and plots in bench/tofu_report.py.
+from bench.tofu_report import finite, machine, markdown, plots
+from bench.tofu_stages import eval_stage, stage_curves, train_stage, write_json, write_text
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKDIR, DEFAULT_OUT = ROOT / "runs" / "tofu_mini", ROOT / "results" / "tofu_mini"
@@ -76,11 +75,12 @@ ABLATIONS: dict[str, tuple[str, str, dict, str]] = {
 }
 DUAL_LR = {"pdu_eta50": 50.0}  # η per entry; 5.0 otherwise
 ALL = {**METHODS, **ABLATIONS}
-TABLE = ("forget_quality", "model_utility", "forget_truth_ratio", "forget_Q_A_ROUGE", "privleak")
 
 
 # --------------------------------------------------------------------------------------- configs
-def _base(kind: str, model: str, data_dir: str, cfg_p: dict):
+def base_cfg(kind: str, model: str, data_dir: str, cfg_p: dict):
+    """The preset's shared training settings (`cfg_p`: epochs, lr, batch, warmup) on the finetune or
+    unlearn defaults: 512-token rows, an FSDP mesh over all devices, no accumulation, export on."""
     from cel_jax import config_base
 
     c = config_base.finetune_config() if kind == "finetune" else config_base.unlearn_config()
@@ -100,16 +100,19 @@ def _base(kind: str, model: str, data_dir: str, cfg_p: dict):
 
 
 def finetune_cfg(preset: dict, model: str, data_dir: str, with_forget: bool):
-    c = _base("finetune", model, data_dir, preset["ft"])
+    """Fine-tuning on the preset's retain rows of TOFU `full`, plus the forget01 rows for the target."""
+    c = base_cfg("finetune", model, data_dir, preset["ft"])
     c.data.train_split = "full"
     c.data.train_rows = preset["retain_rows"] + ("," + FORGET_ROWS if with_forget else "")
     return c
 
 
 def unlearn_cfg(preset: dict, target: str, data_dir: str, name: str):
+    """Unlearning forget01 from `target` with the table entry `name` (ALL): method, solver, its arguments
+    and the authors' dual."""
     method, solver, args, _ = ALL[name]
     u = preset["unlearn"]
-    c = _base("unlearn", target, data_dir, u)
+    c = base_cfg("unlearn", target, data_dir, u)
     c.data.forget_split = "forget01"
     c.data.retain_split = "full"
     c.data.retain_rows = preset["retain_rows"]
@@ -127,6 +130,7 @@ def unlearn_cfg(preset: dict, target: str, data_dir: str, name: str):
 
 
 def eval_overrides(preset: dict, data_dir: str, retain_logs: str | None) -> dict:
+    """The TOFU suite's settings: forget01, the preset's subsets, the retain model's logs (forget quality)."""
     return dict(
         data_dir=data_dir,
         forget_split="forget01",
@@ -136,208 +140,7 @@ def eval_overrides(preset: dict, data_dir: str, retain_logs: str | None) -> dict
     )
 
 
-# --------------------------------------------------------------------------------------- stages
-def _write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder, then rename: no half-written file."""
-    tmp = path.with_name("." + path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2))
-
-
-def _done(stage: Path) -> dict | None:
-    f = stage / "DONE.json"
-    return json.loads(f.read_text()) if f.exists() else None
-
-
-def train_stage(stage: Path, cfg, mode: str, keep_checkpoints: bool = False) -> dict:
-    """Fine-tune or unlearn into `stage` (resumes from its checkpoints); model exported to stage/model.
-
-    Once the stage is done its Orbax checkpoint (weights + AdamW moments: 1.4 GB for SmolLM2-135M, the
-    exported model is 0.5 GB) is only needed to continue training, so it is deleted unless
-    `keep_checkpoints`: a full run keeps ~6 GB on disk instead of ~23 GB.
-    """
-    from cel_jax.training import train
-
-    got = _done(stage)
-    if got is not None:
-        return got
-    print(f"\n=== {stage.name}: {mode} ({cfg.get('method', 'finetune')}) ===", flush=True)
-    t0 = time.time()
-    out = train.run(cfg, str(stage), mode)
-    rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    info = {"wall_s": round(time.time() - t0, 1), "summary": out["summary"], "final_row": rows[-1]}
-    _write_json(stage / "DONE.json", info)
-    if not keep_checkpoints and (stage / "model").is_dir():
-        shutil.rmtree(stage / "ckpt", ignore_errors=True)
-    return info
-
-
-def eval_stage(stage: Path, model_dir: Path, overrides: dict, dtype: str = "float32") -> dict:
-    """TOFU suite of the exported model in model_dir (computing in `dtype`), written to `stage`."""
-    from cel_jax.evaluation import driver
-    from cel_jax.model import hf_io
-
-    got = _done(stage)
-    if got is not None:
-        return got
-    print(f"\n=== {stage.name}: TOFU eval of {model_dir} ===", flush=True)
-    t0 = time.time()
-    model, tok = hf_io.load_pretrained(str(model_dir), dtype=dtype)
-    res = driver.evaluate("tofu", model, tok, overrides, stage, model_name=str(model_dir))
-    info = {"wall_s": round(time.time() - t0, 1), "summary": res["summary"]}
-    _write_json(stage / "DONE.json", info)
-    return info
-
-
-# --------------------------------------------------------------------------------------- report
-def _curves(stage: Path) -> dict:
-    rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    keys = ("step", "loss", "forget_loss", "retain_loss", "eps", "dual", "dual_active")
-    return {k: [r[k] for r in rows] for k in keys}
-
-
-def _fmt(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        if abs(v) >= 10:
-            return f"{v:.1f}"
-        return f"{v:.3g}" if abs(v) < 1e-2 and v != 0 else f"{v:.3f}"
-    return str(v)
-
-
-def markdown(res: dict) -> str:
-    lines = [
-        "# TOFU-mini results",
-        "",
-        f"Regenerate: `{res['command']}` (stages cached in the work dir).",
-        "",
-        f"Model: {res['model']}. {res['protocol_text']}",
-        "",
-        "| model | " + " | ".join(TABLE) + " | train s | eval s |",
-        "|---|" + "---:|" * (len(TABLE) + 2),
-    ]
-    for row in res["rows"].values():
-        vals = [_fmt(row["summary"].get(k)) for k in TABLE]
-        lines.append(
-            f"| {row['label']} | "
-            + " | ".join(vals)
-            + "".join(f" | {row[k]:.0f}" if row.get(k) is not None else " | –" for k in ("train_s", "eval_s"))
-            + " |"
-        )
-    lines += [
-        "",
-        "forget_quality: KS-test p-value of forget truth ratios against the retain model's "
-        "(higher = closer to the retain model); model_utility: harmonic mean of the 9 retain / "
-        "real-author / world-fact scores; "
-        "privleak: (s − s_retain) / s_retain × 100 with s = 1 − AUC of Min-K 40 % (0 = the retain model, "
-        "−100 = fully exposed). "
-        "Same definitions and names as open-unlearning (src/evals/metrics/; "
-        "differences: docs/differences.md).",
-        "",
-        f"Machine: {res['machine']}. Wall time of all stages (fine-tuning, unlearning, evaluation):"
-        f" {res['total_wall_s'] / 60:.1f} min.",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-SHORT = {"pdu": "PDU", "pdu_entropy": "PDU-entropy", "pdu_fixed": "fixed λ", "pdu_eta50": "PDU η=50"}
-
-
-def short_label(name: str, label: str) -> str:
-    return SHORT.get(name, label.split(" (")[0])
-
-
-def plots(res: dict, out: Path) -> list[str]:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    made = []
-
-    def save(fig, name):
-        FigureCanvasAgg(fig)
-        tmp = out / f".{name}.tmp.png"
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, out / name)
-        made.append(name)
-
-    fig = Figure(figsize=(7, 5))
-    ax = fig.add_subplot()
-    floor = 1e-4  # forget quality below it (a collapsed model) is drawn on the floor, value in the label
-    for i, (name, row) in enumerate(res["rows"].items()):
-        fq, mu = row["summary"].get("forget_quality"), row["summary"].get("model_utility")
-        if fq is None or mu is None:
-            continue
-        off = fq < floor
-        marker = "v" if off else ("*" if name.startswith("pdu") else "o")
-        ax.scatter(mu, max(fq, floor), marker=marker, s=80)
-        ax.annotate(
-            short_label(name, row["label"]) + (f" (FQ {fq:.1e})" if off else ""),
-            (mu, max(fq, floor)),
-            fontsize=8,
-            # alternate above / below so neighbours overlap less; fixed λ sits on PDU: label it on the left
-            xytext=(-40, -12) if name == "pdu_fixed" else (5, 4 if i % 2 else -10),
-            textcoords="offset points",
-        )
-    ax.set_ylim(floor / 2, 2)
-    mu_retain = res["rows"].get("retain", {}).get("summary", {}).get("model_utility")
-    if mu_retain is not None:  # the retain model has no forget quality of its own (it is the reference)
-        ax.axvline(mu_retain, color="gray", ls=":", lw=1, label="retain model's utility")
-        ax.legend(fontsize=8, loc="lower left")
-    ax.set(
-        xlabel="model utility",
-        ylabel="forget quality (log)",
-        yscale="log",
-        title="TOFU-mini forget01: forget quality vs model utility",
-    )
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    save(fig, "fq_vs_mu.png")
-
-    duals = {n: c for n, c in res["curves"].items() if ALL.get(n, ("", ""))[1] == "primal_dual"}
-    if duals:  # every primal-dual run: PDU, PDU-entropy, the η ablation
-        fig = Figure(figsize=(10, 3.6))
-        a1, a2 = fig.subplots(1, 2)
-        for name, cur in duals.items():
-            label = short_label(name, res["rows"][name]["label"])
-            a1.plot(cur["step"], cur["dual"], label=label)
-            a2.plot(
-                cur["step"], [r - e for r, e in zip(cur["retain_loss"], cur["eps"], strict=True)], label=label
-            )
-        a1.set(title="primal-dual runs: λ", xlabel="optimizer step")
-        a1.legend(fontsize=8)
-        a2.axhline(0, color="k", lw=0.8, ls="--")
-        a2.set(title="retain loss − ε", xlabel="optimizer step")
-        fig.tight_layout()
-        save(fig, "pdu_dual.png")
-
-    n_rows = max(1, math.ceil(len(res["curves"]) / 5))
-    fig = Figure(figsize=(12, 3 * n_rows))
-    axes = fig.subplots(n_rows, 5, squeeze=False).ravel()
-    for ax in axes[len(res["curves"]) :]:
-        ax.set_visible(False)
-    for ax, (name, cur) in zip(axes, res["curves"].items(), strict=False):
-        ax.plot(cur["step"], cur["forget_loss"])
-        ax.set_title(short_label(name, res["rows"][name]["label"]), fontsize=9)
-        ax.set_xlabel("step", fontsize=8)
-    fig.suptitle("forget loss per method (each method's own loss)")
-    fig.tight_layout()
-    save(fig, "forget_loss_curves.png")
-    return made
-
-
 # --------------------------------------------------------------------------------------- main
-def machine() -> str:
-    from bench.throughput import cpu_name
-
-    cpu = cpu_name() or platform.machine()
-    return f"{cpu}, {os.cpu_count()} cores, load at the end {tuple(round(x, 1) for x in os.getloadavg())}"
-
-
 def run(
     preset_name: str,
     workdir: Path,
@@ -348,6 +151,8 @@ def run(
     ft_epochs: int | None = None,
     keep_checkpoints: bool = False,
 ) -> dict:
+    """Every stage of the preset for `methods` (cached ones are read back), the report rewritten after
+    each method; returns the results dict."""
     if preset_name not in PRESETS:
         raise ValueError(f"unknown preset {preset_name!r}; expected one of {sorted(PRESETS)}")
     bad = [m for m in methods if m not in ALL]
@@ -409,23 +214,13 @@ def run(
             "lambda_end": tr["summary"]["dual"],
             "eps": tr["summary"]["eps"],
         }
-        curves[name] = _curves(st)
+        curves[name] = stage_curves(st)
         report(preset_name, preset, model, rows, curves, out, time.time() - t0, flags)  # after each method
     return report(preset_name, preset, model, rows, curves, out, time.time() - t0, flags)
 
 
-def _finite(x):
-    """NaN / inf -> None, recursively (strict JSON; fine-tuning rows have no retain loss)."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
-
-
 def report(preset_name, preset, model, rows, curves, out: Path, wall: float, flags: str = "") -> dict:
+    """results.json, results.md and the plots in `out` for the rows so far; returns the results dict."""
     ft, ul = preset["ft"], preset["unlearn"]
     text = (
         f"Preset `{preset_name}`: universe = TOFU `full` rows {preset['retain_rows']}"
@@ -454,16 +249,17 @@ def report(preset_name, preset, model, rows, curves, out: Path, wall: float, fla
             1,
         ),
         "this_call_wall_s": round(wall, 1),
-        "rows": _finite(rows),
-        "curves": _finite(curves),
+        "rows": finite(rows),
+        "curves": finite(curves),
     }
-    _write_json(out / "results.json", res)
-    _write_text(out / "results.md", markdown(res))
-    res["plots"] = plots(res, out)
+    write_json(out / "results.json", res)
+    write_text(out / "results.md", markdown(res))
+    res["plots"] = plots(res, out, [n for n, m in ALL.items() if m[1] == "primal_dual"])
     return res
 
 
 def main(argv=None) -> None:
+    """`python -m bench.tofu_mini`: parse the flags, find the TOFU data, run, print the table."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="mini", choices=sorted(PRESETS))
     ap.add_argument("--workdir", default=str(DEFAULT_WORKDIR))

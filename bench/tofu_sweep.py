@@ -22,7 +22,10 @@ import time
 from pathlib import Path
 
 from bench import tofu_mini as tm
+from bench.tofu_report import finite, machine
+from bench.tofu_stages import done, eval_stage, stage_curves, train_stage, write_json, write_text
 from cel_jax import config_base
+from cel_jax.training import retain_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "results" / "tofu_sweep"
@@ -90,7 +93,7 @@ def entries() -> dict[str, dict]:
 
 
 def config(e: dict, preset: dict, target: str, data_dir: str):
-    c = tm._base("unlearn", target, data_dir, preset["unlearn"])
+    c = tm.base_cfg("unlearn", target, data_dir, preset["unlearn"])
     c.data.forget_split = "forget01"
     c.data.retain_split = "full"
     c.data.retain_rows = preset["retain_rows"]
@@ -128,13 +131,13 @@ def run(
     preset = tm.PRESETS["mini"]
     t0 = time.time()
     keep = False
-    tm.train_stage(workdir / "target", tm.finetune_cfg(preset, model, data_dir, True), "finetune", keep)
-    tm.train_stage(workdir / "retain", tm.finetune_cfg(preset, model, data_dir, False), "finetune", keep)
-    ev_retain = tm.eval_stage(
+    train_stage(workdir / "target", tm.finetune_cfg(preset, model, data_dir, True), "finetune", keep)
+    train_stage(workdir / "retain", tm.finetune_cfg(preset, model, data_dir, False), "finetune", keep)
+    ev_retain = eval_stage(
         workdir / "eval_retain", workdir / "retain" / "model", tm.eval_overrides(preset, data_dir, None)
     )
     ov = tm.eval_overrides(preset, data_dir, str(workdir / "eval_retain" / "TOFU_EVAL.json"))
-    ev_target = tm.eval_stage(workdir / "eval_target", workdir / "target" / "model", ov)
+    ev_target = eval_stage(workdir / "eval_target", workdir / "target" / "model", ov)
     refs = {"retain": ev_retain["summary"], "target": ev_target["summary"]}
     target_model = str(workdir / "target" / "model")
     refs["target_retain_loss"] = _target_retain_losses(workdir, preset, target_model, data_dir)
@@ -142,11 +145,11 @@ def run(
     for name in names:
         e = allx[name]
         st = workdir / "sweep" / name
-        if finished_only and not (tm._done(st) and tm._done(st / "eval")):
+        if finished_only and not (done(st) and done(st / "eval")):
             continue  # listed as not run
         cfg = config(e, preset, target_model, data_dir)
-        tr = tm.train_stage(st, cfg, "unlearn")
-        ev = tm.eval_stage(st / "eval", st / "model", ov)
+        tr = train_stage(st, cfg, "unlearn")
+        ev = eval_stage(st / "eval", st / "model", ov)
         s = _with_final_model_loss(st, cfg, tr)["summary"]
         rows[name] = {
             **{k: e[k] for k in ("family", "label", "x")},
@@ -161,7 +164,7 @@ def run(
             "train_s": tr["wall_s"],
             "eval_s": ev["wall_s"],
         }
-        curves[name] = tm._curves(st)
+        curves[name] = stage_curves(st)
         report(rows, curves, refs, out, time.time() - t0, names)
     return report(rows, curves, refs, out, time.time() - t0, names)
 
@@ -172,13 +175,12 @@ def _target_retain_losses(workdir: Path, preset: dict, target_model: str, data_d
     path = workdir / "sweep" / "target_retain_loss.json"
     if path.exists():
         return json.loads(path.read_text())
-    from cel_jax.training import train
 
     pdu = next(e for e in entries().values() if e["dual"])  # ε's rows do not depend on the entry
     cfg = config(pdu, preset, target_model, data_dir)
-    got = train.retain_losses(cfg, target_model, epoch=preset["unlearn"]["epochs"] - 1)
+    got = retain_eval.retain_losses(cfg, target_model, epoch=preset["unlearn"]["epochs"] - 1)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tm._write_json(path, got)
+    write_json(path, got)
     return got
 
 
@@ -187,14 +189,12 @@ def _with_final_model_loss(stage: Path, cfg, tr: dict) -> dict:
     stage that finished before summary.json carried it)."""
     s = tr["summary"]
     if "final_model_retain_loss" not in s and s.get("eps"):
-        from cel_jax.training import train
-
-        loss = train.retain_losses(cfg, str(stage / "model"), epoch=s["last_epoch"])["eps_rows"]
+        loss = retain_eval.retain_losses(cfg, str(stage / "model"), epoch=s["last_epoch"])["eps_rows"]
         s.update(
             final_model_retain_loss=loss,
             final_model_satisfied=bool(loss <= s["eps"] + s.get("tolerance", 0.0)),
         )
-        tm._write_json(stage / "DONE.json", tr)
+        write_json(stage / "DONE.json", tr)
     return tr
 
 
@@ -209,16 +209,16 @@ def report(rows, curves, refs, out: Path, wall: float, names: list[str]) -> dict
         "eps_alphas": EPS_ALPHAS,
         "weights": WEIGHTS,
         "dual": DUAL,
-        "machine": tm.machine(),
+        "machine": machine(),
         "this_call_wall_s": round(wall, 1),
         "references": refs,
-        "rows": tm._finite(rows),
+        "rows": finite(rows),
         "pareto_front": sorted(front),
         "not_run": [n for n in names if n not in rows],
-        "curves": tm._finite(curves),
+        "curves": finite(curves),
     }
-    tm._write_json(out / "results.json", res)
-    tm._write_text(out / "results.md", markdown(res))
+    write_json(out / "results.json", res)
+    write_text(out / "results.md", markdown(res))
     plots(res, out)
     return res
 

@@ -2,14 +2,16 @@
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
+from cel_jax import config_base
 from cel_jax.model import Llama, LlamaConfig
-from cel_jax.training import train
-from cel_jax.unlearning import answer_rows, dual, methods
+from cel_jax.training import engine
+from cel_jax.unlearning import answer_rows, methods
 from cel_jax.unlearning import step as step_lib
 from cel_jax.unlearning.losses import IGNORE
 
@@ -85,40 +87,38 @@ CASES = [
 ]
 
 
+def _run_cfg(method, solver, over):
+    """The run config of one case: the authors' gda dual (λ0 2, η 5, per step); weights γ = 1 and α = 1
+    where the method's α is 0, so that every loss term enters the gradients compared."""
+    c = config_base.unlearn_config()
+    c.method, c.solver = method, solver
+    c.dual = config_base.authors_dual(lam0=2.0, lr=5.0, mode="step")
+    hp = methods.resolve_hparams(method, over)
+    c.method_args = ml_collections.ConfigDict({**over, "gamma": 1.0, "alpha": float(hp["alpha"]) or 1.0})
+    return c
+
+
 @pytest.mark.parametrize("method,solver,over", CASES, ids=[f"{m}-{o}" if o else m for m, _, o in CASES])
 def test_step_on_answer_rows_equals_full_step(method, solver, over):
     model = _tiny()
-    graphdef, state = nnx.split(model, nnx.Param)
-    params = nnx.to_pure_dict(state)
-    if solver == "finetune":
-        spec = step_lib.StepSpec("finetune", "finetune", "fixed", None, ())
-        parts = {"forget"}
-    else:
-        m = methods.get_method(method)
-        hp = methods.resolve_hparams(method, over)
-        kind = hp["retain_loss"] or ("nll" if solver == "primal_dual" else None)
-        fhp = tuple(sorted((k, hp[k]) for k in m.forget_args))
-        spec = step_lib.StepSpec(
-            method, solver, "step", kind, fhp, alpha=float(hp["alpha"]) or 1.0, dual_rule=dual.Rule(lr=5.0)
-        )
-        parts = answer_rows.eligible_parts(m, dict(fhp), kind, False)
-        assert "forget" in parts
+    graphdef, params = engine.split(model)
+    mode = "finetune" if solver == "finetune" else "unlearn"
+    cfg = config_base.finetune_config() if mode == "finetune" else _run_cfg(method, solver, over)
     rng = np.random.default_rng(1)
     batch = _batch(rng, ("forget", "retain", "idk") if method == "idk_dpo" else ("forget", "retain"))
-    caps = tuple(
-        (p, answer_rows.capacity(np.asarray(batch[p]["labels"]).reshape(-1, 48))) for p in sorted(parts)
-    )
-    assert all(c < 47 for _, c in caps)  # the compaction really happens
+    labels = {p: np.asarray(part["labels"]).reshape(-1, 48) for p, part in batch.items()}
     tx = optax.sgd(1.0)  # new params = params - grads: compares the gradients themselves
-    ref = jax.tree.map(jnp.copy, params) if step_lib.needed_reference(spec) else None
-    hp_ = {"dual_active": jnp.bool_(True)}
-    outs = []
-    for s in (spec, spec.replace(answer_rows=caps)):
-        st = train.create_state(jax.tree.map(jnp.copy, params), tx, 2.0, 0.5, 0)
-        fn = jax.jit(
-            lambda st, b, s=s: step_lib.train_step(st, b, hp_, ref, {}, graphdef=graphdef, tx=tx, spec=s)
-        )
-        outs.append(fn(st, batch))
+    outs, engines = [], []
+    for rows in ("all", "answers"):  # the engine's answer-row plan: none, then the method's parts
+        cfg.lm_head_rows = rows
+        eng = engine.build(cfg, model.cfg, graphdef, params, mode, labels=labels, steps=(10, 0), tx=tx)
+        st = eng.make_state(jax.tree.map(jnp.copy, params), 0.5)
+        outs.append(eng.step(st, batch, eng.hp(True), eng.reference(params), eng.consts))
+        engines.append(eng)
+    assert engines[0].spec.answer_rows == ()
+    caps = dict(engines[1].spec.answer_rows)
+    assert "forget" in caps and set(caps) == set(engines[1].spec.resolved.answer_row_parts) & set(batch)
+    assert all(c < 47 for c in caps.values())  # the compaction really happens
     (s_full, m_full), (s_rows, m_rows) = outs
     for k in ("loss", "forget_loss", "grad_norm", "dual_next"):
         a, b = float(m_full[k]), float(m_rows[k])
@@ -136,19 +136,31 @@ def test_step_on_answer_rows_equals_full_step(method, solver, over):
 
 
 def test_gates_keep_full_logits_where_a_loss_reads_other_rows():
-    e = answer_rows.eligible_parts
-    pdu = methods.get_method("pdu")
-    assert e(pdu, {"shifted": True, "average": "token"}, "nll", False) == {"forget", "retain"}
-    assert e(pdu, {"shifted": True, "average": "token"}, "nll", True) == set()  # compat: unshifted rows
-    assert e(pdu, {"shifted": False, "average": "token"}, "nll", False) == {"retain"}
-    assert e(pdu, {"shifted": True, "average": "all"}, "nll", False) == {"retain"}
-    assert e(methods.get_method("rmu"), {}, "embed_diff", False) == set()  # hidden states, not logits
-    assert e(methods.get_method("rmu"), {}, "nll", False) == {"retain"}
-    assert e(methods.get_method("idk_dpo"), {"beta": 0.1}, "nll", False) == {"forget", "idk", "retain"}
+    def parts(name, over=None, retain="default", compat=False):  # what the resolved record declares
+        over = dict(over or {}) | ({} if retain == "default" else {"retain_loss": retain})
+        return set(methods.resolve_method(name, over, compat=compat).answer_row_parts)
+
+    assert parts("pdu", {"shifted": True, "average": "token"}, "nll") == {"forget", "retain"}
+    assert parts("pdu", {"shifted": True, "average": "token"}, "nll", compat=True) == set()  # unshifted
+    assert parts("pdu", {"shifted": False, "average": "token"}, "nll") == {"retain"}
+    assert parts("pdu", {"shifted": True, "average": "all"}, "nll") == {"retain"}
+    assert parts("pdu_entropy", {"shifted": False}) == {"retain"}
+    assert parts("rmu", {}, "embed_diff") == set()  # hidden states, not logits
+    assert parts("rmu", {}, "nll") == {"retain"}
+    assert parts("idk_dpo", {"beta": 0.1}, "nll") == {"forget", "idk", "retain"}
+    assert parts("grad_ascent", retain=None) == {"forget"}
+    cfg = ml_collections.ConfigDict({"lm_head_rows": "all"})  # the config switch turns every part off
+    spec = step_lib.StepSpec(methods.resolve_method("pdu"))
+    assert engine.answer_row_parts(cfg, spec) == set()
+    assert engine.answer_row_parts(ml_collections.ConfigDict({"lm_head_rows": "answers"}), spec) == {
+        "forget",
+        "retain",
+    }
 
 
 def test_eval_statistics_on_answer_rows_equal_full_rows():
     from cel_jax.evaluation import forward as F
+    from cel_jax.evaluation import gradnorm
     from cel_jax.evaluation import metrics as M
 
     model = _tiny()
@@ -165,6 +177,6 @@ def test_eval_statistics_on_answer_rows_equal_full_rows():
         for a, b in zip(M.item_tokens(full, key), M.item_tokens(rows, key), strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6, err_msg=key)
     g1 = [args[0], *(jnp.asarray(x[2:3]) for x in (ids, mask, labels))]
-    np.testing.assert_allclose(F._gradnorm(*g1, cap=cap), F._gradnorm(*g1), rtol=1e-5)
+    np.testing.assert_allclose(gradnorm._gradnorm(*g1, cap=cap), gradnorm._gradnorm(*g1), rtol=1e-5)
     labels[0, 0] = 5  # a target no row predicts: n_tokens counts it, so keep every row
     assert F.answer_cap(labels, 64) is None

@@ -7,13 +7,13 @@ import numpy as np
 from test_train import model_dir, rows, tiny_cfg  # noqa: F401  (model_dir is a fixture)
 
 from cel_jax.scale import aot, sharding
-from cel_jax.training import optim, train
+from cel_jax.training import engine, optim, train
 from cel_jax.unlearning import step as step_lib
 
 
 def test_every_step_shape_is_compiled_before_the_optimizer_state_exists(model_dir, monkeypatch, tmp_path):  # noqa: F811
     seen = []
-    real_create = train.create_state
+    real_create = engine.create_state
 
     def create_state(params, *a, **k):
         concrete = not any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(params))
@@ -21,7 +21,7 @@ def test_every_step_shape_is_compiled_before_the_optimizer_state_exists(model_di
             seen.append(step_lib.TRACE_COUNT["primal_dual"])
         return real_create(params, *a, **k)
 
-    monkeypatch.setattr(train, "create_state", create_state)
+    monkeypatch.setattr(engine, "create_state", create_state)
     before = step_lib.TRACE_COUNT["primal_dual"]
     train.run(tiny_cfg(model_dir, max_steps=9, epochs=3, **{"data.bucket_multiple": 8}), str(tmp_path))
     shapes = {r["seq_len"] for r in rows(tmp_path)}
@@ -38,7 +38,7 @@ def test_state_shardings_match_the_real_state_on_a_sharded_mesh():
         "b": jax.device_put(jnp.zeros((8,)), sharding.replicated(mesh)),
     }
     tx = optim.make_optimizer(train_cfg_optim(), 10, 2)
-    make = lambda p: train.create_state(p, tx, 1.0, 0.5, 0)  # noqa: E731
+    make = lambda p: engine.create_state(p, tx, 1.0, 0.5, 0)  # noqa: E731
     abs_params = aot.abstract_like(params)
     shd = aot.state_shardings(jax.eval_shape(make, abs_params), abs_params, tx, mesh)
     state = make(params)

@@ -1,4 +1,4 @@
-"""bench/throughput.py on a tiny model: the PyTorch baseline computes our Lagrangian (and steps like our
+"""bench/throughput/ on a tiny model: the PyTorch baseline computes our Lagrangian (and steps like our
 optimizer), eval parity, FLOP formula, agreement and FSDP byte counts by hand."""
 
 import sys
@@ -17,7 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import throughput as tp  # noqa: E402
+from bench.throughput import cli, fsdp, jax_measure, jax_step, report, runner, workload  # noqa: E402
+from bench.throughput import device as dev  # noqa: E402
+from bench.throughput import torch_reference as tref  # noqa: E402
+from bench.throughput.common import IGNORE  # noqa: E402
 from cel_jax.model import LlamaConfig, hf_io  # noqa: E402
 
 ROWS = [
@@ -36,7 +39,7 @@ def tiny(tmp_path_factory):
 
 def test_model_flops_closed_form():
     cfg = LlamaConfig.tiny()  # d=64, 2 layers, 4 heads of 16, vocab 256, tied
-    f = tp.model_flops(cfg, n_rows=3, seq_len=8)
+    f = workload.model_flops(cfg, n_rows=3, seq_len=8)
     n = 256 * 64 + 2 * (64 * 16 * (4 * 2 + 2 * 2) + 3 * 64 * 128 + 2 * 64) + 64
     assert f["n_params"] == n
     assert f["tokens"] == 24
@@ -44,48 +47,48 @@ def test_model_flops_closed_form():
     assert f["attention"] == 12 * 2 * 8 * 64 * 24
     assert f["total"] == f["dense"] + f["attention"]
     with pytest.raises(ValueError, match="n_rows"):
-        tp.model_flops(cfg, 0, 8)
+        workload.model_flops(cfg, 0, 8)
 
 
 def test_agreement_by_hand():
-    a = tp.agreement([[1, 2, 3], [4, 5], [7]], [[1, 2, 3], [4, 6, 6], [7, 8]])
+    a = workload.agreement([[1, 2, 3], [4, 5], [7]], [[1, 2, 3], [4, 6, 6], [7, 8]])
     assert a["exact"] == pytest.approx(1 / 3)
     assert a["token"] == pytest.approx((3 + 1 + 1) / (3 + 3 + 2))
     assert a["first_divergence"] == [None, 1, 1]
     with pytest.raises(ValueError):
-        tp.agreement([[1]], [])
+        workload.agreement([[1]], [])
 
 
 def test_torch_step_is_our_lagrangian(tiny):
     """Two lockstep steps from the same weights: equal Lagrangians (so equal losses, dual update, clip and
     AdamW), then PDU vs GradDiff on the same step machinery."""
     folder, model, tok = tiny
-    batch = tp.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
+    batch = workload.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
     assert batch["forget"]["input_ids"].shape == (1, 2, 128)
-    assert (batch["forget"]["labels"][0, :, :3] == tp.IGNORE).all()  # prompt masked
+    assert (batch["forget"]["labels"][0, :, :3] == IGNORE).all()  # prompt masked
     lam0, eps, dual_lr = 2.0, 3.0, 0.5
     copy = lambda: jax.tree.map(lambda x: x.copy(), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     # Each step donates its state: both get copies, so the shared fixture model stays alive.
-    ours = tp.make_jax_step(
+    ours = jax_step.make_jax_step(
         model, "pdu", "primal_dual", batch, lam0=lam0, eps=eps, dual_lr=dual_lr, params=copy()
     )
-    gd = tp.make_jax_step(model, "grad_diff", "scalarized", batch, eps=eps, params=copy())
+    gd = jax_step.make_jax_step(model, "grad_diff", "scalarized", batch, eps=eps, params=copy())
     # our default runs the LM head on answer rows only; PyTorch below runs it on all 128 rows
     caps = dict(ours["spec"].answer_rows)
     assert set(caps) == {"forget", "retain"} and max(caps.values()) < 127
-    assert (gd["spec"].method, gd["spec"].solver, gd["spec"].retain_kind) == (
+    assert (gd["spec"].method, gd["spec"].solver, gd["spec"].resolved.retain_kind) == (
         "grad_diff",
         "scalarized",
         "nll",
     )
     assert (ours["spec"].method, ours["spec"].solver) == ("pdu", "primal_dual")
-    info = tp.compile_step(ours, batch)
+    info = jax_step.compile_step(ours, batch)
     assert info["compile_s"] > 0 and info["xla_flops"] > 0
-    tmodel, opt = tp.torch_setup(str(folder), threads=1)
+    tmodel, opt = tref.torch_setup(str(folder), threads=1)
     lam = lam0
     for _ in range(2):
-        _, _, loss = tp.run_step(ours, batch)
-        _, t_loss, lam, parts = tp.torch_pdu_step(tmodel, opt, batch, lam, eps, dual_lr)
+        _, _, loss = jax_step.run_step(ours, batch)
+        _, t_loss, lam, parts = tref.torch_pdu_step(tmodel, opt, batch, lam, eps, dual_lr)
         assert loss == pytest.approx(t_loss, rel=1e-4)
         assert float(ours["state"].dual.lam) == pytest.approx(lam, rel=1e-5)
         assert set(parts) == {"forward_s", "backward_s", "optimizer_s"}
@@ -93,24 +96,24 @@ def test_torch_step_is_our_lagrangian(tiny):
 
 def test_eval_parity_and_generation(tiny):
     folder, model, tok = tiny
-    items, prompts = tp.eval_items(tok, ROWS[:2])
+    items, prompts = workload.eval_items(tok, ROWS[:2])
     from cel_jax import data
     from cel_jax.evaluation import generate as gen
 
     pad, eos = data.pad_id_of(tok), gen.eos_token_ids(model, tok)
-    ours = tp.jax_eval(model, items, prompts, pad, eos, max_new_tokens=3)
-    tmodel, _ = tp.torch_setup(str(folder), threads=1)
-    t_avg, _ = tp.torch_forward_probs(tmodel, items, pad)
-    t_ids, _ = tp.torch_generate(tmodel, prompts, eos, pad, max_new_tokens=3)
+    ours = jax_measure.jax_eval(model, items, prompts, pad, eos, max_new_tokens=3)
+    tmodel, _ = tref.torch_setup(str(folder), threads=1)
+    t_avg, _ = tref.torch_forward_probs(tmodel, items, pad)
+    t_ids, _ = tref.torch_generate(tmodel, prompts, eos, pad, max_new_tokens=3)
     np.testing.assert_allclose(ours["avg_loss"], t_avg, rtol=1e-4)
-    assert tp.agreement(ours["ids"], t_ids)["exact"] == 1.0
+    assert workload.agreement(ours["ids"], t_ids)["exact"] == 1.0
 
 
 def test_fsdp_bytes_per_device(tiny):
     folder, _, _ = tiny
     model, _ = hf_io.load_pretrained(str(folder), with_tokenizer=False)
     n = jax.device_count()  # 8 fake CPU devices (conftest)
-    out = tp.fsdp_param_bytes(model, n)
+    out = fsdp.fsdp_param_bytes(model, n)
     total = model.cfg.num_params * 4
     assert out["total_param_bytes"] == total
     assert set(out["replicated_per_device"].values()) == {total}
@@ -122,104 +125,104 @@ def test_fsdp_bytes_per_device(tiny):
 
 
 def test_matmul_peak_and_loss_head():
-    pk = tp.jax_matmul_peak((32,), reps=1)
+    pk = jax_measure.jax_matmul_peak((32,), reps=1)
     assert pk["peak"] > 0 and set(pk["gflops"]) == {"32"}
-    h = tp.loss_head_times(batch=1, seq_len=4, vocab=8, reps=1)
+    h = jax_measure.loss_head_times(batch=1, seq_len=4, vocab=8, reps=1)
     assert h["delta_s"] == pytest.approx(h["pdu_s"] - h["grad_diff_s"])
 
 
 def test_answer_row_spec(tiny):
     _, model, tok = tiny
-    batch = tp.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
-    st = tp.make_jax_step(model, "pdu", "primal_dual", batch, lm_head_rows="all", params={})
+    batch = workload.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
+    st = jax_step.make_jax_step(model, "pdu", "primal_dual", batch, lm_head_rows="all", params={})
     assert st["spec"].answer_rows == ()
-    spec = tp.answer_row_spec(st["spec"], batch, "answers")
-    n = max(int((batch[p]["labels"][0, :, 1:] != tp.IGNORE).sum(-1).max()) for p in ("forget", "retain"))
+    spec = jax_step.make_jax_step(model, "pdu", "primal_dual", batch, params={})["spec"]  # answers: default
+    n = max(int((batch[p]["labels"][0, :, 1:] != IGNORE).sum(-1).max()) for p in ("forget", "retain"))
     assert dict(spec.answer_rows)["forget"] >= n + 1
 
 
 def test_breakdown_runs_on_the_compacted_batch(tiny):
     _, model, tok = tiny
-    batch = tp.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
+    batch = workload.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
     copy = jax.tree.map(lambda x: x.copy(), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    st = tp.make_jax_step(model, "pdu", "primal_dual", batch, params=copy)
-    out = tp.jax_breakdown(st, batch, reps=1)
+    st = jax_step.make_jax_step(model, "pdu", "primal_dual", batch, params=copy)
+    out = jax_measure.jax_breakdown(st, batch, reps=1)
     assert out["forward_s"] > 0 and out["optimizer_s"] > 0
     assert all(not x.is_deleted() for x in jax.tree.leaves(st["state"]))  # the state itself is not donated
 
 
 # ---------------------------------------------------------------------------------- --device / --dtype
 def test_resolve_device_and_env():
-    assert tp.resolve_device("auto", "gpu") == "gpu"
-    assert tp.resolve_device("auto", "cpu") == "cpu"
-    assert tp.resolve_device("gpu", "gpu") == "gpu"
-    assert tp.resolve_device("cpu", "cpu") == "cpu"
+    assert dev.resolve_device("auto", "gpu") == "gpu"
+    assert dev.resolve_device("auto", "cpu") == "cpu"
+    assert dev.resolve_device("gpu", "gpu") == "gpu"
+    assert dev.resolve_device("cpu", "cpu") == "cpu"
     with pytest.raises(ValueError, match="default backend is 'cpu'"):
-        tp.resolve_device("gpu", "cpu")
+        dev.resolve_device("gpu", "cpu")
     with pytest.raises(ValueError, match="JAX_PLATFORMS=cpu"):
-        tp.resolve_device("cpu", "gpu")
+        dev.resolve_device("cpu", "gpu")
     with pytest.raises(ValueError, match="device must be"):
-        tp.resolve_device("tpu", "cpu")
-    assert {k: tp.TORCH_DEVICE[tp.resolve_device("auto", b)] for k, b in (("g", "gpu"), ("c", "cpu"))} == {
+        dev.resolve_device("tpu", "cpu")
+    assert {k: dev.TORCH_DEVICE[dev.resolve_device("auto", b)] for k, b in (("g", "gpu"), ("c", "cpu"))} == {
         "g": "cuda",
         "c": "cpu",
     }
     env: dict[str, str] = {}
-    tp.prepare_jax_env("cpu", env)
+    dev.prepare_jax_env("cpu", env)
     assert env == {"JAX_PLATFORMS": "cpu"}
     env = {}
-    tp.prepare_jax_env("auto", env)
+    dev.prepare_jax_env("auto", env)
     assert env == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "true"}
-    tp.prepare_jax_env("gpu", env)  # an explicit setting wins
+    dev.prepare_jax_env("gpu", env)  # an explicit setting wins
     assert env == {"XLA_PYTHON_CLIENT_PREALLOCATE": "true"}
 
 
 def test_mm_sizes_precision_and_parity():
-    assert tp.mm_sizes_for("cpu", None) == [1024, 2048]
-    assert tp.mm_sizes_for("gpu", None) == [4096, 8192]
-    assert tp.mm_sizes_for("gpu", [64]) == [64]
+    assert dev.mm_sizes_for("cpu", None) == [1024, 2048]
+    assert dev.mm_sizes_for("gpu", None) == [4096, 8192]
+    assert dev.mm_sizes_for("gpu", [64]) == [64]
     with pytest.raises(ValueError, match="mm-sizes"):
-        tp.mm_sizes_for("cpu", [0])
-    p = tp.precision_recipe("bfloat16", "gpu")
+        dev.mm_sizes_for("cpu", [0])
+    p = dev.precision_recipe("bfloat16", "gpu")
     assert p["short"] == "bf16" and "torch.autocast('cuda', torch.bfloat16)" in p["torch"]
     assert "param_dtype=float32" in p["ours"] and "fp32 AdamW" in p["torch"]
-    assert "torch.autocast('cpu'" in tp.precision_recipe("bfloat16", "cpu")["torch"]
-    assert tp.precision_recipe("float32", "cpu")["short"] == "fp32"
-    assert "TF32" in tp.precision_recipe("float32", "gpu")["ours"]
+    assert "torch.autocast('cpu'" in dev.precision_recipe("bfloat16", "cpu")["torch"]
+    assert dev.precision_recipe("float32", "cpu")["short"] == "fp32"
+    assert "TF32" in dev.precision_recipe("float32", "gpu")["ours"]
     with pytest.raises(ValueError, match="dtype"):
-        tp.precision_recipe("float16", "cpu")
+        dev.precision_recipe("float16", "cpu")
     # the same differences: outside the fp32 thresholds, within the bf16 ones
     args = (5e-3, [100.0, 90.0], [100.2, 90.1], 2e-2)
-    f32, b16 = tp.parity_report("float32", *args), tp.parity_report("bfloat16", *args)
+    f32, b16 = dev.parity_report("float32", *args), dev.parity_report("bfloat16", *args)
     assert f32["value"]["lockstep_loss_rel"] == pytest.approx(0.2 / 100.2)
     assert f32["within"] == {"first_loss_rel": False, "lockstep_loss_rel": False, "avg_nll_abs": False}
     assert b16["within"] == {"first_loss_rel": True, "lockstep_loss_rel": True, "avg_nll_abs": True}
-    assert tp.parity_report("bfloat16", 0.0, [], [], 0.0)["within"]["lockstep_loss_rel"] is None
+    assert dev.parity_report("bfloat16", 0.0, [], [], 0.0)["within"]["lockstep_loss_rel"] is None
 
 
 def test_fsdp_child_env_forces_cpu_and_device_count():
-    env = tp.fsdp_child_env({"XLA_FLAGS": "--foo=1 --xla_force_host_platform_device_count=2"}, 8)
+    env = fsdp.fsdp_child_env({"XLA_FLAGS": "--foo=1 --xla_force_host_platform_device_count=2"}, 8)
     assert env["JAX_PLATFORMS"] == "cpu"
     assert env["XLA_FLAGS"].split() == ["--foo=1", "--xla_force_host_platform_device_count=8"]
-    assert tp.fsdp_child_env({}, 4)["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
+    assert fsdp.fsdp_child_env({}, 4)["XLA_FLAGS"] == "--xla_force_host_platform_device_count=4"
 
 
 def test_parser_flags_and_validation():
-    p = tp.build_parser()
+    p = cli.build_parser()
     a = p.parse_args([])
     assert (a.device, a.dtype, a.mm_sizes, a.batch, a.seq) == ("auto", "float32", None, 2, 128)
     for bad in (["--dtype", "float16"], ["--device", "tpu"]):
         with pytest.raises(SystemExit):
             p.parse_args(bad)
-    tp.validate_args(a)
+    cli.validate_args(a)
     for bad in (["--batch", "0"], ["--mm-sizes", "0"], ["--torch-threads", "-1"]):
         with pytest.raises(ValueError):
-            tp.validate_args(p.parse_args(bad))
+            cli.validate_args(p.parse_args(bad))
     g = p.parse_args(["--device", "gpu", "--dtype", "bfloat16", "--batch", "16"])
-    cmd = tp.command_line(g)
+    cmd = cli.command_line(g)
     assert "--device gpu" in cmd and "--dtype bfloat16" in cmd and "--batch 16" in cmd
-    assert "--mm-sizes" not in tp.command_line(a)
+    assert "--mm-sizes" not in cli.command_line(a)
 
 
 def _fake_results(device: str, dtype: str) -> dict:
@@ -230,14 +233,14 @@ def _fake_results(device: str, dtype: str) -> dict:
         "command": "python -m bench.throughput",
         "loadavg_start": [0.1, 0.1, 0.1],
         "loadavg_end": [0.2, 0.1, 0.1],
-        "args": vars(tp.build_parser().parse_args(["--device", device, "--dtype", dtype])),
+        "args": vars(cli.build_parser().parse_args(["--device", device, "--dtype", dtype])),
         "device": device,
         "dtype": dtype,
-        "torch_device": tp.TORCH_DEVICE[device],
-        "mm_sizes": tp.mm_sizes_for(device, None),
-        "mm_inner": tp.MM_INNER[device],
-        "precision": tp.precision_recipe(dtype, device),
-        "skipped": {"omp_compare": tp.CPU_ONLY_REASON} if gpu else {},
+        "torch_device": dev.TORCH_DEVICE[device],
+        "mm_sizes": dev.mm_sizes_for(device, None),
+        "mm_inner": dev.MM_INNER[device],
+        "precision": dev.precision_recipe(dtype, device),
+        "skipped": {"omp_compare": dev.CPU_ONLY_REASON} if gpu else {},
         "machine": {
             "cpu": "Some CPU",
             "cores": 16,
@@ -358,13 +361,13 @@ def _fake_results(device: str, dtype: str) -> dict:
             "torch_peak": 12000.0,
             "torch_peak_reserved": 14000.0,
         }
-    res["parity"] = tp.parity_report(dtype, 2e-3, [450.0], [451.0], 0.02)
-    res["goals"] = tp.goal_table(res)
+    res["parity"] = dev.parity_report(dtype, 2e-3, [450.0], [451.0], 0.02)
+    res["goals"] = runner.goal_table(res)
     return res
 
 
 def test_markdown_gpu_bf16_and_cpu_fp32():
-    md = tp.markdown(_fake_results("gpu", "bfloat16"))
+    md = report.markdown(_fake_results("gpu", "bfloat16"))
     assert md.startswith("# Throughput: cel_jax vs PyTorch/transformers (GPU: NVIDIA H200, bfloat16)")
     for s in (
         "(3) model FLOP/s / bf16 matmul peak (best)",
@@ -380,9 +383,9 @@ def test_markdown_gpu_bf16_and_cpu_fp32():
     ):
         assert s in md, s
     assert "2 cores" not in md and "OMP_WAIT_POLICY PASSIVE" not in md
-    assert tp.goal_table(_fake_results("gpu", "bfloat16"))[0]["value"] == 2.0
+    assert runner.goal_table(_fake_results("gpu", "bfloat16"))[0]["value"] == 2.0
     cpu = _fake_results("cpu", "float32")
-    md = tp.markdown(cpu)
+    md = report.markdown(cpu)
     assert md.startswith("# Throughput: cel_jax vs PyTorch/transformers (CPU)\n")
     assert "fp32 on both sides." in md and "(3) model FLOP/s / fp32 matmul peak (best)" in md
     assert "fp32 matmul peak (jitted jnp.matmul, square sizes [1024, 2048], best of 3 per size," in md
@@ -390,18 +393,18 @@ def test_markdown_gpu_bf16_and_cpu_fp32():
     assert "first-step loss (relative) 2.0e-03 vs 1e-04: OUTSIDE" in md
     for k in ("device", "dtype", "mm_sizes", "mm_inner", "precision", "skipped", "parity"):  # older results
         cpu.pop(k)
-    assert "fp32 matmul peak" in tp.markdown(cpu)
+    assert "fp32 matmul peak" in report.markdown(cpu)
 
 
 # ---------------------------------------------------------------------------------- bf16 on the CPU
 def test_matmul_peaks_in_compute_dtype():
-    pk = tp.jax_matmul_peak((32,), reps=1, dtype="bfloat16", inner=2)
+    pk = jax_measure.jax_matmul_peak((32,), reps=1, dtype="bfloat16", inner=2)
     assert pk["peak"] > 0 and (pk["dtype"], pk["inner"]) == ("bfloat16", 2)
-    tk = tp.torch_matmul_peak((32,), reps=1, dtype="bfloat16", inner=2)
+    tk = tref.torch_matmul_peak((32,), reps=1, dtype="bfloat16", inner=2)
     assert tk["peak"] > 0 and tk["dtype"] == "bfloat16"
-    assert isinstance(tp.torch_autocast("cpu", "bfloat16"), torch.autocast)
+    assert isinstance(tref.torch_autocast("cpu", "bfloat16"), torch.autocast)
     with pytest.raises(ValueError):
-        tp.torch_autocast("cpu", "float16")
+        tref.torch_autocast("cpu", "float16")
 
 
 def test_bf16_step_and_eval_parity(tiny):
@@ -410,31 +413,33 @@ def test_bf16_step_and_eval_parity(tiny):
     folder, _, tok = tiny
     model, _ = hf_io.load_pretrained(str(folder), dtype="bfloat16", with_tokenizer=False)
     assert model.cfg.dtype == "bfloat16" and model.embed.dtype == np.float32
-    batch = tp.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
+    batch = workload.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
     copy = jax.tree.map(lambda x: x.copy(), nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    ours = tp.make_jax_step(model, "pdu", "primal_dual", batch, lam0=2.0, eps=3.0, dual_lr=0.5, params=copy)
-    tp.compile_step(ours, batch)
-    _, _, loss = tp.run_step(ours, batch)
-    tmodel, opt = tp.torch_setup(str(folder), threads=1)
-    _, t_loss, _, _ = tp.torch_pdu_step(tmodel, opt, batch, 2.0, 3.0, 0.5, dtype="bfloat16")
-    tol = tp.PARITY_TOL["bfloat16"]
+    ours = jax_step.make_jax_step(
+        model, "pdu", "primal_dual", batch, lam0=2.0, eps=3.0, dual_lr=0.5, params=copy
+    )
+    jax_step.compile_step(ours, batch)
+    _, _, loss = jax_step.run_step(ours, batch)
+    tmodel, opt = tref.torch_setup(str(folder), threads=1)
+    _, t_loss, _, _ = tref.torch_pdu_step(tmodel, opt, batch, 2.0, 3.0, 0.5, dtype="bfloat16")
+    tol = dev.PARITY_TOL["bfloat16"]
     assert abs(loss - t_loss) / abs(t_loss) <= tol["first_loss_rel"]
     assert {p.dtype for p in tmodel.parameters()} == {torch.float32}
     assert {s["exp_avg"].dtype for s in opt.state.values()} == {torch.float32}
-    items, _ = tp.eval_items(tok, ROWS[:2])
+    items, _ = workload.eval_items(tok, ROWS[:2])
     from cel_jax import data
 
     pad = data.pad_id_of(tok)
     from cel_jax.evaluation import forward
 
     o_avg = [s["avg_loss"] for s in forward.item_stats(model, items, pad, batch_size=2, progress=False)]
-    t_avg, _ = tp.torch_forward_probs(tmodel, items, pad, dtype="bfloat16")
+    t_avg, _ = tref.torch_forward_probs(tmodel, items, pad, dtype="bfloat16")
     assert np.max(np.abs(np.asarray(o_avg) - np.asarray(t_avg))) <= tol["avg_nll_abs"]
 
 
 def test_fsdp_subprocess_is_cpu_with_its_own_device_count(tiny):
     folder, model, _ = tiny
-    out = tp.run_fsdp_subprocess(str(folder), 4)  # the test process has 8 CPU devices; the child 4
+    out = fsdp.run_fsdp_subprocess(str(folder), 4)  # the test process has 8 CPU devices; the child 4
     assert "error" not in out, out.get("error")
     assert out["devices"] == 4 and out["total_param_bytes"] == model.cfg.num_params * 4
 

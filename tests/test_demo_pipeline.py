@@ -7,7 +7,7 @@ import pytest
 from test_train import model_dir, rows, tiny_cfg  # noqa: F401  (model_dir is a fixture)
 
 from cel_jax.evaluation import before_after
-from cel_jax.training import feasibility, train
+from cel_jax.training import feasibility, retain_eval, train
 
 
 def test_feasibility_report_from_rows():
@@ -49,7 +49,7 @@ def test_summary_holds_the_feasibility_report(model_dir, tmp_path):  # noqa: F81
     assert s["final_retain_loss"] == pytest.approx(sum(last) / len(last)) and len(last) == 3
     assert s["lambda_last"] == rows(tmp_path)[-1]["dual_next"]
     # the final weights on ε's rows: the exported model, reloaded, gives the same loss
-    got = train.retain_losses(cfg, tmp_path / "model", epoch=1)
+    got = retain_eval.retain_losses(cfg, tmp_path / "model", epoch=1)
     assert s["final_model_retain_loss"] == pytest.approx(got["eps_rows"], rel=1e-4)
     assert s["final_model_satisfied"] == (s["final_model_retain_loss"] <= s["eps"])
     assert s["final_model_retain_loss"] != pytest.approx(s["final_retain_loss"])  # a different estimator

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from cel_jax import config_base
-from cel_jax.training import train
+from cel_jax.training import checks
 from cel_jax.unlearning import dual
 
 
@@ -71,6 +71,22 @@ def test_pi_reacts_to_a_new_violation_at_once_and_releases_when_feasible():
     pi = run_rule(dual.Rule("pi", lr=1.0, kp=4.0), 1.0, vs)
     assert pi[0] > gda[0]  # the proportional term adds κ_p·v on the first violation
     assert pi[2] < gda[2]  # and takes it back as soon as the constraint holds
+
+
+@pytest.mark.parametrize("mode", dual.MODES)
+def test_advance_runs_the_rule_only_at_its_modes_point(mode):
+    rule = dual.Rule(name="pi", lr=2.0, kp=1.0, nu=0.5)
+    s0 = dual.init(rule, 1.0)
+    want = dual.update(rule, s0, dual.violation(rule, 3.5, 3.0))
+    for at in ("microbatch", "step", "epoch"):
+        got = dual.advance(rule, mode, at, s0, 3.5, 3.0)
+        expect = want if at == mode else s0  # "fixed" never moves
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expect), strict=True):
+            assert float(a) == float(b), (mode, at)
+    inactive = dual.advance(rule, mode, mode, s0, 3.5, 3.0, active=False)
+    assert all(
+        float(a) == float(b) for a, b in zip(jax.tree.leaves(inactive), jax.tree.leaves(s0), strict=True)
+    )
 
 
 def test_inactive_updates_leave_the_whole_state_untouched():
@@ -173,7 +189,7 @@ def test_dual_settings_in_method_args_name_the_right_key(key, right):
     cfg = config_base.unlearn_config()
     cfg.method_args[key] = 1.0
     with pytest.raises(ValueError, match=rf"--config\.dual\.{right}="):
-        train.validate_config(cfg, "unlearn")
+        checks.validate_config(cfg, "unlearn")
 
 
 def test_the_default_rule_is_the_measured_recipe_and_the_authors_configs_keep_gda():

@@ -18,7 +18,7 @@ from conftest_tokenizer import make_tokenizer
 from flax import nnx
 
 from cel_jax import data as D
-from cel_jax.evaluation import driver, tofu
+from cel_jax.evaluation import driver, gradnorm, tofu
 from cel_jax.evaluation import forward as F
 from cel_jax.evaluation import metrics as M
 from cel_jax.model import Llama, LlamaConfig, hf_io
@@ -208,11 +208,11 @@ def test_gradnorm_length_buckets_change_no_score():
     assert len(lengths) >= 3  # the items really fall into different buckets
     pad = D.pad_id_of(tok)
     kw = dict(multiple=16, progress=False)
-    got = F.gradnorm_scores(model, items, pad, per_item=True, **kw)
-    want = F.gradnorm_scores(model, items, pad, per_item=False, **kw)
+    got = gradnorm.gradnorm_scores(model, items, pad, per_item=True, **kw)
+    want = gradnorm.gradnorm_scores(model, items, pad, per_item=False, **kw)
     assert got[-1] is None and want[-1] is None
     np.testing.assert_allclose(got[:-1], want[:-1], rtol=1e-5)
-    singles = [F.gradnorm_scores(model, [it], pad, **kw)[0] for it in items[:2]]
+    singles = [gradnorm.gradnorm_scores(model, [it], pad, **kw)[0] for it in items[:2]]
     np.testing.assert_allclose(got[:2], singles, rtol=1e-6)  # order kept
 
 

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from cel_jax.evaluation import forward as F
-from cel_jax.evaluation import ghost
+from cel_jax.evaluation import ghost, gradnorm
 from cel_jax.evaluation import metrics as M
 from cel_jax.model import Llama, LlamaConfig, taps
 from cel_jax.unlearning.losses import IGNORE
@@ -74,14 +74,18 @@ def test_gradnorm_scores_ghost_equal_batch_one():
         for b in range(5)
     ]
     items.append({"input_ids": [5, 6, 7], "labels": [IGNORE, IGNORE, 7]})  # < 2 labels: no score
-    plain = F.gradnorm_scores(model, items, 0, multiple=8, ghost=0, progress=False)
-    ghosted = F.gradnorm_scores(model, items, 0, multiple=8, ghost=2, progress=False)  # fillers in a batch
+    plain = gradnorm.gradnorm_scores(model, items, 0, multiple=8, ghost=0, progress=False)
+    ghosted = gradnorm.gradnorm_scores(
+        model, items, 0, multiple=8, ghost=2, progress=False
+    )  # fillers in a batch
     assert plain[-1] is None and ghosted[-1] is None
     np.testing.assert_allclose(ghosted[:-1], plain[:-1], rtol=1e-4)
     assert len(set(np.round(plain[:-1], 6))) == 5
     remat = Llama(cfg.replace(remat="full"), rngs=nnx.Rngs(1))  # same weights; taps can't see inside remat
     np.testing.assert_allclose(
-        F.gradnorm_scores(remat, items[:-1], 0, multiple=8, ghost=2, progress=False), plain[:-1], rtol=1e-5
+        gradnorm.gradnorm_scores(remat, items[:-1], 0, multiple=8, ghost=2, progress=False),
+        plain[:-1],
+        rtol=1e-5,
     )
 
 

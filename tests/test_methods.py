@@ -447,10 +447,41 @@ def test_registry_names_fields_and_defaults():
     assert m["idk_dpo"].needs_idk and not m["npo"].needs_idk
     assert m["rmu"].needs_hidden_layer == 7 and m["pdu"].needs_hidden_layer is None
     assert m["rmu"].retain_loss == "embed_diff" and m["grad_ascent"].retain_loss is None
-    needs_ref = {n for n in NAMES if m[n].needs_reference}
+    needs_ref = {n for n in NAMES if methods.requires_reference(n)}  # with the method's own retain loss
     assert needs_ref == {"npo", "idk_dpo", "rmu", "undial"}
     assert methods.requires_reference("grad_diff", "kl") and not methods.requires_reference("grad_diff")
     assert not methods.requires_reference("pdu") and methods.requires_reference("npo", None)
+
+
+def test_resolve_makes_one_record_of_what_the_engine_reads():
+    import ml_collections
+
+    from cel_jax import config_base
+
+    ga = methods.resolve_method("grad_ascent", solver="primal_dual")
+    assert ga.retain_kind == "nll" and ga.streams == 2  # the constrained version bounds the retain NLL
+    assert methods.resolve_method("grad_ascent").retain_kind is None  # scalarised: forget term only
+    npo = methods.resolve_method("npo", {"beta": 0.5, "gamma": 2.0})
+    assert dict(npo.forget_hp) == {"beta": 0.5} and npo.gamma == 2.0 and npo.reference == {"ref_forget_nll"}
+    assert hash(npo) == hash(methods.resolve_method("npo", {"beta": 0.5, "gamma": 2.0}))  # a static spec
+    assert methods.resolve_method("grad_diff", {"retain_loss": "kl"}).reference == {"ref_retain_logits"}
+    idk = methods.resolve_method("idk_dpo")
+    assert idk.needs_idk and idk.streams == 3 and idk.reference == {"ref_forget_nll", "ref_idk_nll"}
+    rmu = methods.resolve_method("rmu", {"layer": 1, "steering_coeff": 3.0}, n_layers=2)
+    assert rmu.hidden_layer == 1 and rmu.reference == {"ref_retain_hidden"} and not rmu.answer_row_parts
+    want = methods.rmu_control_vector(jax.random.key(3 + 17), D, 3.0)  # the method's hook, from the seed
+    np.testing.assert_array_equal(rmu.consts(3, D)["control_vec"], want)
+    assert npo.consts(3, D) == {}
+    with pytest.raises(ValueError, match="layer 2 outside the model's 2 layers"):
+        methods.resolve_method("rmu", {"layer": 2}, n_layers=2)
+    with pytest.raises(ValueError, match="unknown retain loss 'nope'"):
+        methods.resolve_method("pdu", {"retain_loss": "nope"})
+    c = config_base.unlearn_config()
+    c.method, c.solver, c.method_args = "simnpo", "primal_dual", ml_collections.ConfigDict({"beta": 2.0})
+    assert methods.resolve(c, n_layers=4) == methods.resolve_method(
+        "simnpo", {"beta": 2.0}, solver="primal_dual"
+    )
+    assert methods.resolve(c, mode="finetune") is methods.FINETUNE
 
 
 def test_unknown_names_and_inputs_raise():

@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from cel_jax.model import Llama, LlamaConfig
-from cel_jax.scale import plan
+from cel_jax.scale import plan, plan_table
 from cel_jax.scale.sharding import make_mesh, shard_model
 
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 4, 2)]
@@ -109,7 +109,7 @@ def test_llama3_8b_closed_form():
     assert npo["reference"] == (cfg.num_params - norms) * 2 // 16 + norms * 2
     acc = plan.estimate(cfg, (1, 16, 1), batch=32, seq_len=512, grad_accum=4)
     assert acc["grad_accum_buffer"] == acc["params"]
-    assert acc["total"] == sum(acc[k] for k, _ in plan.ROWS[:-1])
+    assert acc["total"] == sum(acc[k] for k, _ in plan_table.ROWS[:-1])
 
 
 @pytest.mark.parametrize(
@@ -218,7 +218,7 @@ def _config(method="pdu", **kw):
 
 
 def test_plan_command_sweeps_device_counts(capsys):
-    assert plan.plan_command(_config(), None) == 0
+    assert plan_table.plan_command(_config(), None) == 0  # the command line's entry point
     out = capsys.readouterr().out
     assert "llama-3.1-8b (8.03 B params)" in out and "method pdu" in out
     for label in ("(1, 16, 1)", "(1, 32, 1)", "params", "optimizer state", "activations (est.)", "fits v5e"):
@@ -234,11 +234,11 @@ def test_plan_command_with_an_engine_config(capsys):
     c.mesh.shape = (1, 8, 1)
     c.batch_size = 16
     c.method = "grad_ascent"  # forget-only: the primal-dual solver adds the retain NLL (2 forward passes)
-    assert plan.plan_command(c, None) == 0
+    assert plan_table.plan_command(c, None) == 0
     out = capsys.readouterr().out
     assert "micro-batch 16 x 512 tokens, grad_accum 4" in out and "config.optim" in out
     assert "forward passes inside the gradient: 2" in out
-    lines = {ln[: plan.NAME_W].strip(): ln[plan.NAME_W :].split() for ln in out.splitlines()}
+    lines = {ln[: plan_table.NAME_W].strip(): ln[plan_table.NAME_W :].split() for ln in out.splitlines()}
     cfg = plan.model_config("llama-3.2-1b", dtype="float32", remat="none")
     est = plan.estimate(cfg, (1, 8, 1), 16, 512, method="grad_ascent", retain_loss="nll", grad_accum=4)
     assert float(lines["optimizer state"][0]) == pytest.approx(est["optimizer"] / plan.GIB, abs=0.006)
@@ -252,10 +252,10 @@ def test_plan_command_on_a_local_model(tmp_path, capsys):
         ml_collections.ConfigDict(dict(name="npo")), mesh=dict(shape=(2, 2, 2)), batch_size=8, max_length=16
     )
     c.model.name_or_path = str(tmp_path)
-    plan.plan_command(c, None)
+    plan_table.plan_command(c, None)
     out = capsys.readouterr().out
     assert "KiB per device" in out  # units follow the size
-    lines = {ln[: plan.NAME_W].strip(): ln[plan.NAME_W :].split() for ln in out.splitlines()}
+    lines = {ln[: plan_table.NAME_W].strip(): ln[plan_table.NAME_W :].split() for ln in out.splitlines()}
     est = plan.estimate(LlamaConfig.tiny(dtype="bfloat16", remat="full"), (2, 2, 2), 8, 16, method="npo")
     assert est["reference"] == est["params"] > 0
     assert float(lines["params"][0]) == pytest.approx(est["params"] / 1024, abs=0.01)

@@ -71,12 +71,12 @@ def test_bad_input_before_work(tmp_path):
 @pytest.mark.parametrize("name", list(tofu_mini.ALL))
 def test_every_method_config_is_valid(name):
     """Each table entry's config passes the engine's checks (no model is loaded)."""
-    from cel_jax.training import train
+    from cel_jax.training import checks, engine
 
     c = tofu_mini.unlearn_cfg(tofu_mini.PRESETS["mini"], "target", str(TOFU_FIXTURES), name)
     c.batch_size = 8  # a multiple of the 8 fake test devices
-    train.validate_config(c, "unlearn")
-    spec = train.make_spec(c, types.SimpleNamespace(n_layers=30, d_model=576), "unlearn")
+    checks.validate_config(c, "unlearn")
+    spec = engine.make_spec(c, types.SimpleNamespace(n_layers=30, d_model=576), "unlearn")
     assert spec.method == tofu_mini.ALL[name][0] and spec.solver == tofu_mini.ALL[name][1]
     assert c.dual.lr == (50.0 if name == "pdu_eta50" else 5.0)
     if name == "pdu_fixed":

@@ -31,7 +31,7 @@ COMMANDS = {
     "finetune": ("cel_jax.training.train", "finetune_command", True),
     "unlearn": ("cel_jax.training.train", "unlearn_command", True),
     "eval": ("cel_jax.evaluation.driver", "eval_command", True),
-    "plan": ("cel_jax.scale.plan", "plan_command", True),
+    "plan": ("cel_jax.scale.plan_table", "plan_command", True),
 }
 _NEEDS_WORKDIR = ("finetune", "unlearn", "eval")
 

@@ -30,7 +30,6 @@ import numpy as np
 
 from cel_jax.data.format import IGNORE
 from cel_jax.evaluation import metrics as M
-from cel_jax.evaluation.batched_generation import generate_ids  # noqa: F401  (re-export: bench/)
 from cel_jax.evaluation.batching import (
     answer_cap,
     answer_logits,
@@ -39,8 +38,6 @@ from cel_jax.evaluation.batching import (
     progress_bar,
     round_up,
 )
-from cel_jax.evaluation.gradnorm import _gradnorm, _gradnorm_ghost, gradnorm_scores  # noqa: F401  (re-export)
-from cel_jax.evaluation.timing import clock, elapsed  # noqa: F401  (re-export)
 from cel_jax.model import families
 from cel_jax.scale import hostmem
 

@@ -8,20 +8,19 @@ from the model's own parameter list (`nnx.eval_shape`, no weights) and the shard
 `scale.sharding` (`logical_to_spec`: an axis stays replicated when the mesh axis does not divide it), so
 they equal what the sharded arrays occupy (tests/test_plan.py checks this on 8 fake devices). The optimizer
 state is assumed sharded like the parameters, its scalars replicated: what an eager `tx.init(params)` on
-sharded params gives (cel_jax.training.train), or `jax.jit(tx.init, out_shardings=...)` with shardings from
+sharded params gives (cel_jax.training.engine), or `jax.jit(tx.init, out_shardings=...)` with shardings from
 `optax.tree_map_params`; a bare `jax.jit(tx.init)` would replicate everything.
 
 Estimated part: activations (see `activation_bytes`), and XLA's temporary buffers are not modelled
 beyond one recomputed layer. Treat activations as an order of magnitude and keep ~10-15% HBM headroom.
+What a method adds (forward streams, reference model and outputs) is read from its resolved record
+(`methods.Method`). Model configs without download: presets.py; the command's table: plan_table.py.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,122 +29,29 @@ import optax
 from flax import nnx
 
 from cel_jax.model.config import LlamaConfig
-from cel_jax.scale.sharding import MESH_AXES, RULES, fill_mesh_shape, logical_to_spec
+from cel_jax.scale.presets import PRESETS, hf_config_dict, model_config  # noqa: F401  (public names)
+from cel_jax.scale.sharding import MESH_AXES, RULES, logical_to_spec
 
 GIB = 1024**3
 REMAT_ALIASES = {"nothing_saveable": "full", "minimal": "full", "": "none", None: "none"}
 OPTIMIZERS = ("adamw", "adam", "sgd", "none")
 # HBM per chip (GiB), for the "fits on" line. v4/v5p count one chip (two TensorCores as one JAX device).
 HBM_GIB = {"v5e": 16, "v4": 32, "v6e": 32, "v5p": 95, "A100-40G": 40, "H100-80G": 80, "H200": 141}
-NAME_W = 24  # width of the row-name column of the table
 USABLE_HBM = 0.9  # fraction left to our buffers after the runtime, XLA scratch and fragmentation
 SWEEP_DEVICES = (4, 8, 16, 32, 64, 128)
 
 
-def _hf(vocab, d, layers, heads, kv, ff, tie, theta, max_pos, llama3_factor=None, **extra) -> dict[str, Any]:
-    """A Hugging Face Llama config.json dict."""
-    c = dict(
-        architectures=["LlamaForCausalLM"],
-        model_type="llama",
-        vocab_size=vocab,
-        hidden_size=d,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=kv,
-        head_dim=d // heads,
-        intermediate_size=ff,
-        hidden_act="silu",
-        tie_word_embeddings=tie,
-        rope_theta=theta,
-        max_position_embeddings=max_pos,
-        rms_norm_eps=1e-5,
-        attention_bias=False,
-        mlp_bias=False,
-    )
-    if llama3_factor:
-        c["rope_scaling"] = dict(
-            rope_type="llama3",
-            factor=llama3_factor,
-            low_freq_factor=1.0,
-            high_freq_factor=4.0,
-            original_max_position_embeddings=8192,
-        )
-    return c | extra
-
-
-_L3 = dict(bos_token_id=128000, eos_token_id=128001)
-# config.json of the presets (public model cards), for planning without any download:
-#   vocab, d_model, layers, q heads, kv heads, d_ff, tied, rope theta, max positions, llama3 RoPE factor
-PRESETS: dict[str, dict[str, Any]] = {
-    "smollm2-135m": _hf(49152, 576, 30, 9, 3, 1536, True, 1e5, 8192, bos_token_id=1, eos_token_id=2),
-    "llama-3.2-1b": _hf(128256, 2048, 16, 32, 8, 8192, True, 5e5, 131072, 32.0, **_L3),
-    "llama-3.2-3b": _hf(128256, 3072, 28, 24, 8, 8192, True, 5e5, 131072, 32.0, **_L3),
-    "llama-3.1-8b": _hf(128256, 4096, 32, 32, 8, 14336, False, 5e5, 131072, 8.0, **_L3),
-    "llama-2-7b": _hf(32000, 4096, 32, 32, 32, 11008, False, 1e4, 4096, bos_token_id=1, eos_token_id=2),
-}
-
-
 # ------------------------------------------------------------------------------------------ model
-def _preset_key(name: str) -> str | None:
-    """Longest preset name contained in `name` (hub names, aliases, fine-tuned variants)."""
-    norm = name.strip().rstrip("/").lower().replace("_", "-")
-    hits = [k for k in PRESETS if k in norm]
-    return max(hits, key=len) if hits else None
-
-
-def _cached_hf_config(name: str) -> Path | None:
-    """config.json of `name` when it is already on disk (HF hub cache or cel_jax's embedded cache)."""
-    try:
-        from cel_jax.model import embedded
-
-        if name in embedded.ALIASES:
-            p = embedded.cache_dir() / "models" / name / "config.json"
-            return p if p.is_file() else None
-    except Exception:  # noqa: BLE001 - optional: planning never needs the embedded model
-        pass
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        p = try_to_load_from_cache(name, "config.json")
-        return Path(p) if isinstance(p, str) else None
-    except Exception:  # noqa: BLE001 - not a hub name, or huggingface_hub missing
-        return None
-
-
-def hf_config_dict(name_or_path: str) -> dict[str, Any]:
-    """The HF config dict of a local folder / config.json, a cached hub model, or a preset (no download)."""
-    p = Path(os.path.expanduser(str(name_or_path)))
-    if p.is_dir() and (p / "config.json").is_file():
-        return json.loads((p / "config.json").read_text())
-    if p.is_file() and p.name.endswith(".json"):
-        return json.loads(p.read_text())
-    cached = _cached_hf_config(str(name_or_path))
-    if cached is not None:
-        return json.loads(cached.read_text())
-    key = _preset_key(str(name_or_path))
-    if key is not None:
-        return dict(PRESETS[key])
-    raise ValueError(
-        f"cannot plan for model {name_or_path!r}: not a local folder with config.json, not in the HF cache, "
-        f"and not a known preset {sorted(PRESETS)}"
-    )
-
-
-def model_config(name_or_path: str, **runtime: Any) -> LlamaConfig:
-    """LlamaConfig for `name_or_path` with runtime fields (param_dtype, dtype, remat)."""
-    return LlamaConfig.from_hf_dict(hf_config_dict(name_or_path), **runtime)
-
-
 _LEAVES_CACHE: dict[str, list] = {}
 
 
 def param_leaves(cfg: LlamaConfig) -> list[tuple[tuple, tuple[int, ...], np.dtype, tuple | None]]:
     """(path, shape, dtype, logical axes) of every parameter, from the abstract model (no memory)."""
-    from cel_jax.model import Llama
+    from cel_jax.model import families
 
     key = repr(cfg.replace(remat="none", dtype="float32"))  # neither changes the parameters
     if key not in _LEAVES_CACHE:
-        abstract = nnx.eval_shape(lambda: Llama(cfg, rngs=nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: families.build(cfg, nnx.Rngs(0)))
         out = []
         for path, var in nnx.iter_graph(abstract):
             if isinstance(var, nnx.Param):
@@ -315,22 +221,24 @@ def activation_bytes(
 
 
 # ------------------------------------------------------------------------------------------- plan
-def method_needs(method: str | None, retain_loss: str | None = "default") -> dict[str, Any]:
-    """Forward streams inside the gradient, and reference-model needs, of an unlearning method."""
+def method_needs(method, retain_loss: str | None = "default") -> dict[str, Any]:
+    """Forward streams inside the gradient, and reference-model needs, of an unlearning method: its
+    resolved record (`methods.Method`, what the engine runs), or a name with its defaults and
+    `retain_loss`; None for fine-tuning."""
     if method is None:
         return dict(streams=1, reference=False, ref_logits=0, ref_hidden=0)
-    from cel_jax.unlearning import methods
+    if isinstance(method, str):
+        from cel_jax.unlearning import methods
 
-    spec = methods.get_method(method)
-    kind = spec.retain_loss if retain_loss == "default" else retain_loss
-    streams = 1 + (kind is not None) + bool(spec.needs_idk)
-    ref_logits = ("ref_forget_logits" in spec.forget_inputs) + (kind == "kl")
-    ref_hidden = int(kind == "embed_diff")
+        method = methods.resolve_method(
+            method, {} if retain_loss == "default" else {"retain_loss": retain_loss}
+        )
+    ref = method.reference
     return dict(
-        streams=streams,
-        reference=methods.requires_reference(method, retain_loss),
-        ref_logits=ref_logits,
-        ref_hidden=ref_hidden,
+        streams=method.streams,
+        reference=bool(ref),
+        ref_logits=len(ref & {"ref_forget_logits", "ref_retain_logits"}),
+        ref_hidden=int("ref_retain_hidden" in ref),
     )
 
 
@@ -344,7 +252,7 @@ def estimate(
     optimizer: str | optax.GradientTransformation = "adamw",
     remat: str | None = None,
     grad_accum: int = 1,
-    method: str | None = None,
+    method=None,
     retain_loss: str | None = "default",
     reference_dtype: str | None = None,
 ) -> dict[str, Any]:
@@ -428,143 +336,3 @@ def suggest_mesh(
                 return shape
         t *= 2
     return None
-
-
-# ---------------------------------------------------------------------------------------- command
-ROWS = (
-    ("params", "params"),
-    ("optimizer", "optimizer state"),
-    ("gradients", "gradients"),
-    ("grad_accum_buffer", "grad accumulator"),
-    ("reference", "reference model"),
-    ("reference_outputs", "reference outputs"),
-    ("activations", "activations (est.)"),
-    ("total", "total / device"),
-)
-
-
-def format_table(plans: Sequence[dict[str, Any] | None], labels: Sequence[str]) -> str:
-    """Rows = memory components per device, columns = candidate meshes; units follow the largest total."""
-    biggest = max([p["total"] for p in plans if p] or [0])
-    unit, div = next(
-        (u, d) for u, d in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)) if biggest >= d or d == 1024
-    )
-    width = max(11, *(len(x) + 1 for x in labels))
-    head = f"{unit + ' per device':<{NAME_W}}" + "".join(f"{x:>{width}}" for x in labels)
-    lines = [head, "-" * len(head)]
-    for key, name in ROWS:
-        cells = [(f"{p[key] / div:.2f}" if p else "n/a") for p in plans]
-        lines.append(f"{name:<{NAME_W}}" + "".join(f"{c:>{width}}" for c in cells))
-    cells = [(f"{p['total'] * p['n_devices'] / div:.2f}" if p else "n/a") for p in plans]
-    lines.append(f"{'total, all devices':<{NAME_W}}" + "".join(f"{c:>{width}}" for c in cells))
-    for chip, gib in HBM_GIB.items():
-        cells = [("-" if not p else "yes" if p["total"] <= USABLE_HBM * gib * GIB else "no") for p in plans]
-        lines.append(
-            f"{'fits ' + chip + f' ({gib} GiB)':<{NAME_W}}" + "".join(f"{c:>{width}}" for c in cells)
-        )
-    return "\n".join(lines)
-
-
-def _get(cfg, dotted: str, default=None):
-    node = cfg
-    for part in dotted.split("."):
-        try:
-            node = node[part] if part in node else None
-        except TypeError:
-            node = getattr(node, part, None)
-        if node is None:
-            return default
-    return node
-
-
-def _method_of(config) -> tuple[str | None, str | None]:
-    """(method name, retain loss) as the engine resolves them; (None, ...) for fine-tuning configs."""
-    m = _get(config, "method")
-    if m is None or isinstance(m, str):
-        name, retain = m or None, "default"
-    else:
-        name, retain = _get(m, "name"), _get(m, "retain_loss", "default")
-    retain = _get(config, "method_args.retain_loss", retain)
-    if name is not None and _get(config, "solver") == "primal_dual":
-        from cel_jax.unlearning import methods
-
-        if (methods.get_method(name).retain_loss if retain == "default" else retain) is None:
-            retain = "nll"  # the engine bounds the retain NLL of a forget-only loss
-    return name, retain
-
-
-def _optimizer_of(config):
-    """The engine's optimizer for config.optim (exact state layout), else plain AdamW."""
-    opt_cfg = _get(config, "optim")
-    if opt_cfg is None:
-        return "adamw", "adamw"
-    try:
-        from cel_jax.training import optim
-    except ImportError:  # pragma: no cover - planner used without the training engine
-        return "adamw", "adamw"
-    return optim.make_optimizer(
-        opt_cfg, total_steps=1000, warmup_steps=10
-    ), "config.optim (cel_jax.training.optim)"
-
-
-def plan_command(config, flags) -> int:
-    """Print the per-device memory table for the config's model, mesh, batch and method."""
-    name = _get(config, "model.name_or_path")
-    if not name:
-        raise ValueError("`cel-jax plan` needs config.model.name_or_path (a local HF folder or a preset)")
-    runtime = dict(
-        param_dtype=_get(config, "model.param_dtype", "float32"),
-        dtype=_get(config, "model.dtype", "bfloat16"),
-        remat=REMAT_ALIASES.get(_get(config, "model.remat", "none"), _get(config, "model.remat", "none")),
-    )
-    cfg = model_config(name, **runtime)
-    batch = int(_get(config, "batch_size", 1))
-    seq_len = int(_get(config, "max_length") or _get(config, "data.max_length", 512))
-    grad_accum = int(_get(config, "grad_accum", 1))
-    method, retain = _method_of(config)
-    tx, tx_name = _optimizer_of(config)
-    shape = tuple(int(s) for s in _get(config, "mesh.shape", (1, -1, 1)))
-    if -1 in shape:
-        counts = [n for n in SWEEP_DEVICES if n % math.prod(s for s in shape if s != -1) == 0]
-        meshes = [fill_mesh_shape(shape, n) for n in counts]
-    else:
-        meshes = [shape]
-    print(
-        f"cel-jax plan: {name} ({cfg.num_params / 1e9:.2f} B params), method {method or 'none (finetune)'}, "
-        f"micro-batch {batch} x {seq_len} tokens, grad_accum {grad_accum}\n"
-        f"params {cfg.param_dtype}, compute {cfg.dtype}, remat {cfg.remat}, optimizer {tx_name}"
-    )
-    plans = []
-    for m in meshes:
-        try:
-            plans.append(
-                estimate(
-                    cfg,
-                    m,
-                    batch,
-                    seq_len,
-                    optimizer=tx,
-                    grad_accum=grad_accum,
-                    method=method,
-                    retain_loss=retain,
-                )
-            )
-        except ValueError as e:  # e.g. batch not divisible by data*fsdp on this mesh
-            if len(meshes) == 1:
-                raise
-            print(f"mesh {m}: {e}")
-            plans.append(None)
-    p0 = next((p for p in plans if p), None)
-    if p0:
-        print(
-            f"forward passes inside the gradient: {p0['streams']}; reference model: {p0['needs_reference']}"
-        )
-    keep = [i for i, p in enumerate(plans) if p is not None]
-    if not keep:
-        raise ValueError(f"no device count in {SWEEP_DEVICES} can split batch_size={batch} over mesh {shape}")
-    print(format_table([plans[i] for i in keep], [f"{meshes[i]}" for i in keep]))
-    print(
-        "Exact: params, optimizer, gradients, reference (sharding rules of scale.sharding). Estimated: "
-        "activations (cel_jax.scale.plan.activation_bytes). 'fits' keeps 10% of HBM free."
-    )
-    return 0

@@ -48,17 +48,18 @@ def cache_key(ft, model_folder: Path) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def ensure_target(cfg) -> str:
-    """`cfg.model.name_or_path`, or the cached fine-tuned model when `cfg.target.finetune` is on."""
+def ensure_target(cfg, run) -> str:
+    """`cfg.model.name_or_path`, or the cached fine-tuned model when `cfg.target.finetune` is on;
+    `run(cfg, workdir, mode)` is the training loop that fine-tunes it (train.run passes itself)."""
     t = cfg.get("target")
     if t is None or not t.get("finetune", False):
         return cfg.model.name_or_path
     from cel_jax.model import embedded, hf_io
     from cel_jax.scale import hostmem
-    from cel_jax.training import train
+    from cel_jax.training import checks
 
     ft = finetune_config(cfg)
-    train.validate_config(ft, "finetune")
+    checks.validate_config(ft, "finetune")
     base = hf_io.resolve(cfg.model.name_or_path)
     key = cache_key(ft, Path(base))
     home = embedded.cache_dir() / "targets" / key
@@ -68,7 +69,7 @@ def ensure_target(cfg) -> str:
         return str(model_dir)
     print(f"target: teaching {cfg.model.name_or_path} the {t.split!r} rows first ({t.epochs} epochs; cached)")
     run_dir = home / "run"
-    train.run(ft, str(run_dir), "finetune")
+    run(ft, str(run_dir), "finetune")
     hostmem.release(clear_compiled=True)  # the stage's arrays and programs, before unlearning allocates
     shutil.rmtree(run_dir / "ckpt", ignore_errors=True)
     (run_dir / "model").rename(model_dir)  # the marker of a finished target: written last

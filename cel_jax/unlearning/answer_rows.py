@@ -19,9 +19,11 @@ so that logits_BCV = unembed(hidden_BTD[b, rows_BC[b, j]]) with labels_BC forms 
 per-sequence and token-mean loss is unchanged. It needs count_b <= C - 1 for every sequence; `plan`
 picks C from the whole dataset once (one static shape, no recompiles) and the engine checks it.
 
-Not applied (full logits, as before) where a loss reads other rows: compat mode (unshifted rows,
-"all rows" averages, the reference's KL over every position), `pdu`/`pdu_entropy` with shifted=False
-or average="all", RMU's hidden-state terms. `lm_head_rows="all"` in the config turns it off.
+Which parts qualify is declared by the losses themselves and resolved once per run into
+`methods.Method.answer_row_parts`: not applied (full logits, as before) where a loss reads other rows:
+compat mode (unshifted rows, "all rows" averages, the reference's KL over every position), `pdu` /
+`pdu_entropy` with shifted=False or average="all", RMU's hidden-state terms. `lm_head_rows="all"` in
+the config turns it off.
 """
 
 from __future__ import annotations
@@ -97,22 +99,6 @@ def compact_batch(mb: Mapping[str, Mapping], capacities: Sequence[tuple[str, int
         rows, lab = compact(labels, C)
         out[part] = {**mb[part], "labels": lab, "rows": rows}
     return out
-
-
-def eligible_parts(method_spec, forget_hp: Mapping, retain_kind: str | None, compat: bool) -> set[str]:
-    """Batch parts whose losses read only answer-predicting rows (so the LM head may skip the rest)."""
-    if compat:
-        return set()
-    parts = set()
-    logits_only = not any(k.endswith("_hidden") for k in method_spec.forget_inputs)
-    rows_ok = forget_hp.get("shifted", True) is True and forget_hp.get("average", "token") != "all"
-    if logits_only and rows_ok:
-        parts.add("forget")
-        if method_spec.needs_idk:
-            parts.add("idk")
-    if retain_kind in ("nll", "kl"):
-        parts.add("retain")
-    return parts
 
 
 def check_capacity(labels_BT: np.ndarray, C: int, part: str) -> None:

@@ -24,7 +24,8 @@ fraction of ε, so the gains do not depend on the retain loss's scale either (ε
 When the rule runs (`cfg.dual.mode`): "step" once per optimizer step on the step's mean L_r;
 "microbatch" once per micro-batch (the reference under gradient accumulation); "epoch" once per epoch
 on a full pass of the epoch's retain partners; "fixed" never (scalarised training with λ0).
-`update` below is the one function every mode calls.
+`advance` below is the one function every mode calls, at each point of the schedule: it runs `update`
+where the mode's point is reached, and is a no-op elsewhere.
 """
 
 from __future__ import annotations
@@ -130,6 +131,23 @@ def update(rule: Rule, state: DualState, violation: Scalar, active: bool | jax.A
         lam = jnp.minimum(lam, jnp.float32(rule.lam_max))
     new = DualState(lam=lam, opt=opt)
     return jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
+
+
+def advance(
+    rule: Rule,
+    mode: str,
+    at: str,
+    state: DualState,
+    retain_loss: Scalar,
+    eps: Scalar,
+    active: bool | jax.Array = True,
+) -> DualState:
+    """The dual step of `mode` ("step" | "microbatch" | "epoch" | "fixed") at point `at` of the schedule
+    ("microbatch", "step" or "epoch", with that point's mean retain loss): one `update` on the violation
+    where `at == mode`, the state unchanged elsewhere (and always under "fixed")."""
+    if mode != at:
+        return state
+    return update(rule, state, violation(rule, retain_loss, eps), active)
 
 
 def violation(rule: Rule, retain_loss: Scalar, eps: Scalar) -> jax.Array:

@@ -1,53 +1,13 @@
-"""Forget and retain losses of PDU and the baselines, as pure functions of precomputed quantities.
+"""The method registry and a run's method, resolved once into one record.
 
-Axes: B batch, T length, t = T-1 shifted length, V vocabulary, D hidden width.
+Each method is registered once (`METHODS`): its forget loss (method_losses.py), the batch quantities the
+loss reads, which hyper-parameters it takes, its default retain loss, what else it needs (IDK answers, a
+hidden layer), which logits rows it reads (`rows`, a function of its hyper-parameters, stated by the
+method) and the constants it needs (`consts`, e.g. RMU's control vector). `resolve` turns a run config
+into one frozen `Method`: the step (step.py), the memory planner (scale/plan.py) and the answer-row plan
+(answer_rows.py) read that record; nothing downstream looks a method up by name again.
 
-A forget loss is `fn(q, *, <hyper-parameters>, compat=False) -> (loss, aux)`; `q` maps names to arrays
-the caller computed (policy outputs inside the gradient, reference-model outputs outside it):
-
-  forget_logits [B,T,V], forget_labels [B,T]  policy on the forget batch (HF labels, IGNORE = -100)
-  retain_logits [B,T,V], retain_labels [B,T]  policy on the retain batch
-  ref_forget_logits [B,T,V]                   reference model on the forget batch (UNDIAL)
-  ref_forget_nll [B]                          reference per-sequence NLL sum on the forget batch (NPO,
-                                              IdkDPO): losses.sequence_nll(ref_logits, labels)[0]
-  idk_logits [B,T',V], idk_labels [B,T']      policy on the same questions with an "I don't know" answer
-  ref_idk_nll [B]                             reference per-sequence NLL sum on the idk batch (IdkDPO)
-  ref_retain_logits [B,T,V]                   reference model on the retain batch (retain "kl")
-  forget_hidden, retain_hidden [B,T,D]        policy residual stream after decoder layer `layer` (RMU)
-  ref_retain_hidden [B,T,D]                   reference residual stream at the same layer (RMU retain)
-  control_vec [D]                             RMU random direction (`rmu_control_vector`)
-
-The retain term is separate (`retain_loss`), so an engine combines gamma*forget + alpha*retain
-(`scalarised`) or gamma*forget + lam*(retain - eps) (primal-dual, `dual.lagrangian`).
-
-Differences from open-unlearning (default here vs `compat=True`, which reproduces the reference code):
-
-| method | default (cel_jax) | compat=True (reference) |
-|---|---|---|
-| pdu, pdu_entropy | rows that predict answers: z[:, :-1], labels[:, 1:] | answer rows, unshifted (1) |
-| pdu | jnp.max: gradient shared among tied maxima | to the first maximum only (torch.max) |
-| undial | soft-label CE averaged over answer targets | over all B*(T-1) rows, wrapped index (2) |
-| retain "kl" (grad_diff) | KL(p_ref‖p) over rows that predict answers | "batchmean" over all B*T rows (3) |
-| rmu, retain "embed_diff" | mean_b(s_b / n_b), per-sequence masked MSE | mean_b(s_b) * mean_b(1 / n_b) (4) |
-| npo, idk_dpo | mean over sequences with >= 1 target token | mean over all sequences (5) |
-| simnpo, rmu | mean over sequences with >= 1 target token | same (reference: 0/0 = NaN or inf) |
-| every loss | no target token in the batch gives 0 | reference: NaN |
-
-(1) PR147 masks logits[:, t] where labels[:, t] != -100: it drops the row that predicts the first answer
-    token and adds the row at the last target (the EOS row, which predicts past the end).
-(2) Prompt and padding rows are averaged in, and at label -100 the one-hot index wraps to token V-100.
-(3) Prompt and padding rows included.
-(4) `compute_activation_loss` divides a [B] tensor of per-sequence sums s_b by a [B, 1] tensor of token
-    counts n_b; broadcasting makes a [B, B] matrix whose mean is mean(s) * mean(1/n). It equals the
-    intended per-sequence mean only when all sequences have the same number of target tokens.
-(5) A sequence without target tokens adds the constant (2/beta)*log 2.
-
-Same in both modes, noted for readers: SimNPO puts the margin inside the log-sigmoid as beta·delta (the
-paper's gamma equals beta·delta; open-unlearning issue #123). RMU masks hidden states with the unshifted
-labels != -100 (the activations *at* answer tokens) and computes in fp32 where the reference uses bf16.
-The PDU fork code before PR147 (mean over every row) is `losses.logit_margin(..., shifted=False,
-average="all")`. Hyper-parameter defaults are the trainer YAMLs' (`configs/trainer/*.yaml`); the
-experiment configs override lr/epochs, and the PDU run scripts use lam0 = 100/50, dual_lr = 5/1.
+Axes: D hidden width.
 """
 
 import dataclasses
@@ -56,249 +16,33 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from cel_jax.unlearning import losses
-from cel_jax.unlearning.losses import IGNORE
-
-Batch = Mapping[str, jax.Array]
-Aux = dict[str, jax.Array]
-
-
-def _has_targets(count_B: jax.Array) -> jax.Array:
-    return count_B > 0
-
-
-def _seq_average(x_B: jax.Array, valid_B: jax.Array, compat_plain_mean: bool) -> jax.Array:
-    return jnp.mean(x_B) if compat_plain_mean else losses.masked_mean(x_B, valid_B)
-
-
-def _check_batch(name: str, x_B: jax.Array, B: int) -> jax.Array:
-    x_B = jnp.asarray(x_B, jnp.float32)
-    if x_B.shape != (B,):
-        raise ValueError(f"{name} must have shape [B] = ({B},), got {tuple(x_B.shape)}")
-    return x_B
-
-
-# ----------------------------------------------------------------------------------------- forget losses
-
-
-def grad_ascent(q: Batch, *, compat: bool = False) -> tuple[jax.Array, Aux]:
-    """GradAscent / GradDiff forget term: -CE_mean(forget) (HF token-mean CE, negated)."""
-    ce = losses.token_ce_mean(q["forget_logits"], q["forget_labels"])
-    return -ce, {"forget_ce": ce}
-
-
-def grad_diff(q: Batch, *, compat: bool = False) -> tuple[jax.Array, Aux]:
-    """GradDiff forget term (same as GradAscent); its retain term is `retain_loss("nll" | "kl")`."""
-    return grad_ascent(q, compat=compat)
-
-
-def npo(q: Batch, *, beta: float = 0.1, compat: bool = False) -> tuple[jax.Array, Aux]:
-    """NPO: -(2/beta) mean_b logsigmoid(-beta * r_b), r = log pi(y|x) - log pi_ref(y|x) (sequence sums)."""
-    nll_B, count_B = losses.sequence_nll(q["forget_logits"], q["forget_labels"])
-    ref_B = _check_batch("ref_forget_nll", q["ref_forget_nll"], nll_B.shape[0])
-    log_ratio_B = -(nll_B - jax.lax.stop_gradient(ref_B))
-    per_B = -(2.0 / beta) * jax.nn.log_sigmoid(-beta * log_ratio_B)
-    valid_B = _has_targets(count_B)
-    loss = _seq_average(per_B, valid_B, compat)
-    return loss, {"log_ratio": losses.masked_mean(log_ratio_B, valid_B)}
-
-
-def simnpo(q: Batch, *, beta: float = 4.5, delta: float = 0.0, compat: bool = False) -> tuple[jax.Array, Aux]:
-    """SimNPO: s = NLL_sum/|y| - delta; -(2/beta) mean_b logsigmoid(beta * s) (no reference model)."""
-    nll_B, count_B = losses.sequence_nll(q["forget_logits"], q["forget_labels"])
-    avg_nll_B = nll_B / jnp.maximum(count_B, 1).astype(jnp.float32)
-    per_B = -(2.0 / beta) * jax.nn.log_sigmoid(beta * (avg_nll_B - delta))
-    valid_B = _has_targets(count_B)
-    return losses.masked_mean(per_B, valid_B), {"forget_avg_nll": losses.masked_mean(avg_nll_B, valid_B)}
-
-
-def idk_dpo(q: Batch, *, beta: float = 0.1, compat: bool = False) -> tuple[jax.Array, Aux]:
-    """IdkDPO: DPO with win = idk answer, lose = forget answer; -(2/beta) mean logsigmoid(beta(w - l)).
-
-    w = log pi(idk) - log pi_ref(idk), l = log pi(y) - log pi_ref(y) (sequence sums).
-    """
-    nll_f_B, count_f_B = losses.sequence_nll(q["forget_logits"], q["forget_labels"])
-    nll_i_B, count_i_B = losses.sequence_nll(q["idk_logits"], q["idk_labels"])
-    B = nll_f_B.shape[0]
-    if nll_i_B.shape[0] != B:
-        raise ValueError(f"idk batch has {nll_i_B.shape[0]} rows but the forget batch has {B}")
-    ref_f_B = jax.lax.stop_gradient(_check_batch("ref_forget_nll", q["ref_forget_nll"], B))
-    ref_i_B = jax.lax.stop_gradient(_check_batch("ref_idk_nll", q["ref_idk_nll"], B))
-    win_B = -(nll_i_B - ref_i_B)
-    lose_B = -(nll_f_B - ref_f_B)
-    per_B = -(2.0 / beta) * jax.nn.log_sigmoid(beta * (win_B - lose_B))
-    valid_B = _has_targets(count_f_B) & _has_targets(count_i_B)
-    loss = _seq_average(per_B, valid_B, compat)
-    return loss, {
-        "win_log_ratio": losses.masked_mean(win_B, valid_B),
-        "lose_log_ratio": losses.masked_mean(lose_B, valid_B),
-    }
-
-
-def activation_mse(a_BTD: jax.Array, b_BTD: jax.Array, mask_BT: jax.Array, compat: bool = False) -> jax.Array:
-    """RMU's masked MSE. With s_b = sum_t m_bt mean_d (a - b)^2 and n_b = sum_t m_bt:
-
-    default: mean_b (s_b / n_b) over sequences with n_b > 0 (what the reference's comments intend);
-    compat=True: mean_b(s_b) * mean_b(1 / n_b), what the reference computes ([B] / [B, 1] broadcasts
-    to [B, B] before `.mean()`); equal when every sequence has the same number of target tokens.
-    """
-    a_BTD = jnp.asarray(a_BTD, jnp.float32)
-    b_BTD = jnp.broadcast_to(jnp.asarray(b_BTD, jnp.float32), a_BTD.shape)
-    if a_BTD.ndim != 3 or tuple(mask_BT.shape) != tuple(a_BTD.shape[:2]):
-        raise ValueError(
-            f"activation_mse: need [B, T, D] activations and a [B, T] mask, got "
-            f"{tuple(a_BTD.shape)} and {tuple(mask_BT.shape)}"
-        )
-    per_BT = jnp.mean(jnp.square(a_BTD - b_BTD), axis=-1)
-    if not compat:
-        return losses.average_positions(per_BT, mask_BT, "sequence")
-    s_B = jnp.sum(jnp.where(mask_BT, per_BT, 0.0), axis=-1)
-    n_B = jnp.sum(mask_BT.astype(jnp.float32), axis=-1)
-    valid_B = n_B > 0
-    return losses.masked_mean(s_B, valid_B) * losses.masked_mean(1.0 / jnp.maximum(n_B, 1.0), valid_B)
-
-
-def rmu(q: Batch, *, compat: bool = False) -> tuple[jax.Array, Aux]:
-    """RMU forget term: masked MSE between layer activations on forget answers and `control_vec`."""
-    h_BTD = jnp.asarray(q["forget_hidden"], jnp.float32)
-    c_D = jnp.asarray(q["control_vec"], jnp.float32).reshape(-1)
-    if h_BTD.ndim != 3 or c_D.shape[0] != h_BTD.shape[-1]:
-        raise ValueError(
-            f"rmu: control_vec must have D = {h_BTD.shape[-1]} entries, got {tuple(q['control_vec'].shape)}"
-        )
-    mask_BT = q["forget_labels"] != IGNORE
-    loss = activation_mse(h_BTD, jax.lax.stop_gradient(c_D)[None, None, :], mask_BT, compat)
-    return loss, {}
-
-
-def rmu_control_vector(key: jax.Array, dim: int, steering_coeff: float = 2.0) -> jax.Array:
-    """RMU direction: u / ||u|| * steering_coeff with u ~ Uniform[0, 1)^D (drawn once per run)."""
-    u_D = jax.random.uniform(key, (dim,), jnp.float32)
-    return u_D / jnp.linalg.norm(u_D) * steering_coeff
-
-
-def undial(q: Batch, *, beta: float = 10.0, compat: bool = False) -> tuple[jax.Array, Aux]:
-    """UNDIAL: CE(z, softmax(z_ref - beta * onehot(y))) on shifted rows (self-distillation).
-
-    Default: mean over answer targets. compat=True: mean over all B*(T-1) rows with the reference's
-    index wrap at label -100 (one-hot at token V-100; the reference needs V >= 100).
-    """
-    V = q["forget_logits"].shape[-1]
-    if compat and V < -IGNORE:
-        raise ValueError(f"undial compat: index wrap at label {IGNORE} needs V >= {-IGNORE}, got V={V}")
-    z_BtV, targets_Bt, mask_Bt = losses.shift(q["forget_logits"], q["forget_labels"])
-    ref_BTV = q["ref_forget_logits"]
-    if tuple(ref_BTV.shape) != tuple(q["forget_logits"].shape):
-        raise ValueError(
-            f"undial: ref_forget_logits shape {tuple(ref_BTV.shape)} != forget_logits shape "
-            f"{tuple(q['forget_logits'].shape)}"
-        )
-    zr_BtV = jax.lax.stop_gradient(ref_BTV[:, :-1]).astype(jnp.float32)
-    if compat:
-        raw_Bt = q["forget_labels"][:, 1:]
-        idx_Bt = jnp.where(raw_Bt < 0, raw_Bt + V, raw_Bt)
-    else:
-        idx_Bt = targets_Bt
-    soft_BtV = jax.nn.softmax(zr_BtV - beta * jax.nn.one_hot(idx_Bt, V, dtype=jnp.float32), axis=-1)
-    ce_Bt = -jnp.sum(soft_BtV * jax.nn.log_softmax(z_BtV, axis=-1), axis=-1)
-    loss = jnp.mean(ce_Bt) if compat else losses.masked_mean(ce_Bt, mask_Bt)
-    return loss, {}
-
-
-def ceu(q: Batch, *, ignore_first_n_answer_tokens: int = 1, compat: bool = False) -> tuple[jax.Array, Aux]:
-    """CE-U: CE(z, softmax(stopgrad(z) with z[y] = -inf)), skipping the first n answer tokens."""
-    labels_BT = q["forget_labels"]
-    valid_BT = labels_BT != IGNORE
-    first_n_BT = (jnp.cumsum(valid_BT.astype(jnp.int32), axis=-1) <= ignore_first_n_answer_tokens) & valid_BT
-    z_BtV, targets_Bt, mask_Bt = losses.shift(q["forget_logits"], jnp.where(first_n_BT, IGNORE, labels_BT))
-    V = z_BtV.shape[-1]
-    is_y_BtV = jax.nn.one_hot(targets_Bt, V, dtype=bool)
-    target_BtV = jax.nn.softmax(jnp.where(is_y_BtV, -jnp.inf, jax.lax.stop_gradient(z_BtV)), axis=-1)
-    ce_Bt = -jnp.sum(target_BtV * jax.nn.log_softmax(z_BtV, axis=-1), axis=-1)
-    return losses.masked_mean(ce_Bt, mask_Bt), {}
-
-
-def wga(q: Batch, *, beta: float = 1.0, compat: bool = False) -> tuple[jax.Array, Aux]:
-    """WGA: -mean_valid(w * l) with per-token CE l and w = stopgrad(exp(-l))^beta."""
-    nll_Bt, mask_Bt = losses.token_nll(q["forget_logits"], q["forget_labels"])
-    w_Bt = jax.lax.stop_gradient(jnp.exp(-nll_Bt)) ** beta
-    return -losses.masked_mean(w_Bt * nll_Bt, mask_Bt), {"mean_weight": losses.masked_mean(w_Bt, mask_Bt)}
-
-
-def satimp(
-    q: Batch, *, beta1: float = 5.0, beta2: float = 1.0, compat: bool = False
-) -> tuple[jax.Array, Aux]:
-    """SatImp: -mean_valid(w * l), w = stopgrad(p)^beta1 * stopgrad(1 - p)^beta2, p = exp(-l)."""
-    nll_Bt, mask_Bt = losses.token_nll(q["forget_logits"], q["forget_labels"])
-    p_Bt = jax.lax.stop_gradient(jnp.exp(-nll_Bt))
-    w_Bt = p_Bt**beta1 * (1.0 - p_Bt) ** beta2
-    return -losses.masked_mean(w_Bt * nll_Bt, mask_Bt), {"mean_weight": losses.masked_mean(w_Bt, mask_Bt)}
-
-
-def pdu(
-    q: Batch,
-    *,
-    shifted: bool = True,
-    average: losses.Average = "token",
-    tie: losses.Tie = "split",
-    compat: bool = False,
-) -> tuple[jax.Array, Aux]:
-    """PDU forget term: logit-margin flattening (compat: unshifted rows, torch.max-like ties)."""
-    if compat:
-        shifted, tie = False, "first"
-    loss = losses.logit_margin(
-        q["forget_logits"], q["forget_labels"], shifted=shifted, average=average, tie=tie
-    )
-    return loss, {}
-
-
-def pdu_entropy(
-    q: Batch, *, shifted: bool = True, average: losses.Average = "token", compat: bool = False
-) -> tuple[jax.Array, Aux]:
-    """PDU ablation: minus the mean softmax entropy over answer rows (compat: unshifted rows)."""
-    if compat:
-        shifted = False
-    loss = losses.entropy_forget(q["forget_logits"], q["forget_labels"], shifted=shifted, average=average)
-    return loss, {"forget_entropy": -loss}
-
-
-# ----------------------------------------------------------------------------------------- retain losses
-
-RETAIN_INPUTS: dict[str, tuple[str, ...]] = {
-    "nll": ("retain_logits", "retain_labels"),
-    "kl": ("retain_logits", "retain_labels", "ref_retain_logits"),
-    "embed_diff": ("retain_hidden", "ref_retain_hidden", "retain_labels"),
-}
-
-
-def retain_loss(kind: str, q: Batch, *, compat: bool = False) -> jax.Array:
-    """Retain term: "nll" = HF token-mean CE; "kl" = KL(p_ref‖p) (see module table); "embed_diff" = RMU
-    masked MSE between policy and reference activations on retain answers."""
-    if kind not in RETAIN_INPUTS:
-        raise ValueError(f"unknown retain loss {kind!r}; expected one of {tuple(RETAIN_INPUTS)}")
-    _require(q, RETAIN_INPUTS[kind], f"retain loss {kind!r}")
-    if kind == "nll":
-        return losses.token_ce_mean(q["retain_logits"], q["retain_labels"])
-    if kind == "kl":
-        if compat:
-            return losses.kl_to_reference(q["retain_logits"], q["ref_retain_logits"])
-        return losses.kl_on_targets(q["retain_logits"], q["ref_retain_logits"], q["retain_labels"])
-    mask_BT = q["retain_labels"] != IGNORE
-    return activation_mse(q["retain_hidden"], jax.lax.stop_gradient(q["ref_retain_hidden"]), mask_BT, compat)
-
-
-def scalarised(
-    forget: jax.Array, retain: jax.Array | float, gamma: float = 1.0, alpha: float = 1.0
-) -> jax.Array:
-    """Baselines' objective gamma * L_f + alpha * L_r."""
-    return gamma * forget + alpha * retain
-
-
-# ----------------------------------------------------------------------------------------- registry
+from cel_jax.unlearning.method_losses import (  # noqa: F401  (the losses' public names, re-exported)
+    RETAIN_INPUTS,
+    RETAIN_ROWS,
+    Aux,
+    Batch,
+    activation_mse,
+    ceu,
+    grad_ascent,
+    grad_diff,
+    idk_dpo,
+    npo,
+    pdu,
+    pdu_entropy,
+    require_inputs,
+    retain_loss,
+    rmu,
+    rmu_control_vector,
+    satimp,
+    scalarised,
+    simnpo,
+    undial,
+    wga,
+)
 
 _FORGET_LOGITS = ("forget_logits", "forget_labels")
+ANSWERS, ALL = "answers", "all"  # rows a loss reads: answer-predicting logits rows only | others too
 
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     # The reference's dual settings (`alpha` = λ0, `retain_loss_eps`, `dual_step_size`,
@@ -332,45 +76,75 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+def _answer_rows(hp: Mapping[str, Any]) -> str:
+    """Token losses on shifted rows: only the logits rows that predict an answer token."""
+    return ANSWERS
+
+
+def _hidden_states(hp: Mapping[str, Any]) -> str:
+    """Hidden-state losses (RMU) read the residual stream, not LM-head rows."""
+    return ALL
+
+
+def _pdu_rows(hp: Mapping[str, Any]) -> str:
+    """PDU reads other rows when unshifted (the PR147 rows) or averaged over every row."""
+    return ANSWERS if hp["shifted"] is True and hp["average"] != "all" else ALL
+
+
+def _rmu_consts(hp: Mapping[str, Any], key: jax.Array, d_model: int) -> dict[str, jax.Array]:
+    """RMU's random direction, drawn once per run."""
+    return {"control_vec": rmu_control_vector(key, d_model, hp["steering_coeff"])}
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-    """What a method needs from the engine, and its defaults."""
+    """A method's registration: its loss, what it reads and needs, and its defaults."""
 
     name: str
     forget_fn: Callable[..., tuple[jax.Array, Aux]]
     forget_inputs: tuple[str, ...]  # keys of q the forget loss reads
     forget_args: tuple[str, ...]  # keys of `defaults` passed to forget_fn
-    needs_reference: bool  # with its default retain loss, needs reference-model outputs
-    needs_hidden_layer: int | None  # decoder layer whose output residual stream is needed (RMU)
+    needs_hidden_layer: int | None  # default decoder layer whose residual stream is needed (RMU)
     needs_idk: bool  # needs the "I don't know" alternate answers (IdkDPO)
     retain_loss: str | None  # default retain loss type: "nll" | "kl" | "embed_diff" | None
     defaults: Mapping[str, Any]
+    rows: Callable[[Mapping[str, Any]], str] = _answer_rows  # hyper-parameters -> ANSWERS | ALL
+    consts: Callable[..., dict] | None = None  # (hp, key, d_model) -> constants the loss reads
 
 
-def _spec(name, fn, inputs, args, *, ref=False, layer=None, idk=False) -> MethodSpec:
+def _spec(name, fn, inputs, args, *, layer=None, idk=False, rows=_answer_rows, consts=None) -> MethodSpec:
     d = METHOD_DEFAULTS[name]
-    return MethodSpec(name, fn, inputs, args, ref, layer, idk, d["retain_loss"], types.MappingProxyType(d))
+    return MethodSpec(
+        name, fn, inputs, args, layer, idk, d["retain_loss"], types.MappingProxyType(d), rows, consts
+    )
 
 
 METHODS: dict[str, MethodSpec] = {
     s.name: s
     for s in (
-        _spec("pdu", pdu, _FORGET_LOGITS, ("shifted", "average", "tie")),
-        _spec("pdu_entropy", pdu_entropy, _FORGET_LOGITS, ("shifted", "average")),
+        _spec("pdu", pdu, _FORGET_LOGITS, ("shifted", "average", "tie"), rows=_pdu_rows),
+        _spec("pdu_entropy", pdu_entropy, _FORGET_LOGITS, ("shifted", "average"), rows=_pdu_rows),
         _spec("grad_ascent", grad_ascent, _FORGET_LOGITS, ()),
         _spec("grad_diff", grad_diff, _FORGET_LOGITS, ()),
-        _spec("npo", npo, (*_FORGET_LOGITS, "ref_forget_nll"), ("beta",), ref=True),
+        _spec("npo", npo, (*_FORGET_LOGITS, "ref_forget_nll"), ("beta",)),
         _spec("simnpo", simnpo, _FORGET_LOGITS, ("beta", "delta")),
         _spec(
             "idk_dpo",
             idk_dpo,
             (*_FORGET_LOGITS, "idk_logits", "idk_labels", "ref_forget_nll", "ref_idk_nll"),
             ("beta",),
-            ref=True,
             idk=True,
         ),
-        _spec("rmu", rmu, ("forget_hidden", "forget_labels", "control_vec"), (), ref=True, layer=7),
-        _spec("undial", undial, (*_FORGET_LOGITS, "ref_forget_logits"), ("beta",), ref=True),
+        _spec(
+            "rmu",
+            rmu,
+            ("forget_hidden", "forget_labels", "control_vec"),
+            (),
+            layer=7,
+            rows=_hidden_states,
+            consts=_rmu_consts,
+        ),
+        _spec("undial", undial, (*_FORGET_LOGITS, "ref_forget_logits"), ("beta",)),
         _spec("ceu", ceu, _FORGET_LOGITS, ("ignore_first_n_answer_tokens",)),
         _spec("wga", wga, _FORGET_LOGITS, ("beta",)),
         _spec("satimp", satimp, _FORGET_LOGITS, ("beta1", "beta2")),
@@ -385,14 +159,6 @@ def get_method(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-def requires_reference(name: str, retain: str | None = "default") -> bool:
-    """Whether the method, with retain loss `retain` ("default" = its own), needs a reference model."""
-    spec = get_method(name)
-    kind = spec.retain_loss if retain == "default" else retain
-    forget_needs = any(k.startswith("ref_") for k in spec.forget_inputs)
-    return forget_needs or kind in ("kl", "embed_diff")
-
-
 def resolve_hparams(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Defaults of `name` updated with `overrides`; unknown keys raise ValueError."""
     spec = get_method(name)
@@ -405,15 +171,116 @@ def resolve_hparams(name: str, overrides: Mapping[str, Any] | None = None) -> di
     return {**spec.defaults, **overrides}
 
 
-def _require(q: Batch, keys: tuple[str, ...], what: str) -> None:
-    missing = [k for k in keys if k not in q]
-    if missing:
-        raise ValueError(f"{what} needs inputs {list(keys)}; missing {missing}")
+# ----------------------------------------------------------------------------------------- the record
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A run's method, resolved once (hashable: it is part of the compiled step's static spec)."""
+
+    name: str  # registry name, or "finetune"
+    solver: str  # primal_dual | scalarized | finetune
+    forget_fn: Callable[..., tuple[jax.Array, Aux]] | None  # None: fine-tuning (CE on the forget part)
+    forget_inputs: tuple[str, ...]
+    forget_hp: tuple[tuple[str, Any], ...]  # ((name, value), ...) passed to forget_fn
+    hparams: tuple[tuple[str, Any], ...]  # every hyper-parameter: defaults updated by the config
+    retain_kind: str | None  # "nll" | "kl" | "embed_diff" | None
+    gamma: float = 1.0  # weight of L_f
+    alpha: float = 1.0  # weight of L_r under solver=scalarized
+    compat: bool = False  # reproduce the reference's documented defects (method_losses.py)
+    hidden_layer: int | None = None  # decoder layer whose residual stream the losses read
+    needs_idk: bool = False
+    reference: frozenset[str] = frozenset()  # reference-model quantities the losses read ("ref_...")
+    answer_row_parts: frozenset[str] = frozenset()  # parts whose losses read only answer-predicting rows
+    consts_fn: Callable[..., dict] | None = None
+
+    @property
+    def streams(self) -> int:
+        """Policy forward passes inside the gradient (forget, retain, idk)."""
+        return 1 + (self.retain_kind is not None) + self.needs_idk
+
+    def forget_loss(self, q: Batch) -> tuple[jax.Array, Aux]:
+        require_inputs(q, self.forget_inputs, f"method {self.name!r}")
+        return self.forget_fn(q, compat=self.compat, **dict(self.forget_hp))
+
+    def consts(self, seed: int, d_model: int) -> dict[str, jax.Array]:
+        """The constants the losses read ({} for most methods), drawn from the run's seed."""
+        if self.consts_fn is None:
+            return {}
+        return self.consts_fn(dict(self.hparams), jax.random.key(seed + 17), d_model)
+
+
+FINETUNE = Method("finetune", "finetune", None, (), (), (), None, answer_row_parts=frozenset({"forget"}))
+
+
+def resolve_method(
+    name: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    solver: str = "scalarized",
+    compat: bool = False,
+    n_layers: int | None = None,
+) -> Method:
+    """The record of method `name` with `overrides` of its defaults, for `solver`. A forget-only loss
+    (no retain loss) under primal_dual bounds the retain NLL: that is its constrained version."""
+    spec = get_method(name)
+    hp = resolve_hparams(name, overrides)
+    retain = hp.get("retain_loss", spec.retain_loss)
+    if solver == "primal_dual" and retain is None:
+        retain = "nll"
+    if retain is not None and retain not in RETAIN_INPUTS:
+        raise ValueError(f"unknown retain loss {retain!r}; expected one of {tuple(RETAIN_INPUTS)}")
+    layer = None
+    if spec.needs_hidden_layer is not None:
+        layer = int(hp.get("layer", spec.needs_hidden_layer))
+        if n_layers is not None and not 0 <= layer < n_layers:
+            raise ValueError(f"{name}: layer {layer} outside the model's {n_layers} layers")
+    reads = spec.forget_inputs + (RETAIN_INPUTS[retain] if retain else ())
+    parts = set()
+    if not compat:  # compat: unshifted rows, all-row averages, the reference's KL over every position
+        if spec.rows(hp) == ANSWERS:
+            parts |= {"forget", "idk"} if spec.needs_idk else {"forget"}
+        if retain is not None and RETAIN_ROWS[retain] == ANSWERS:
+            parts.add("retain")
+    return Method(
+        name=name,
+        solver=solver,
+        forget_fn=spec.forget_fn,
+        forget_inputs=spec.forget_inputs,
+        forget_hp=tuple(sorted((k, hp[k]) for k in spec.forget_args)),
+        hparams=tuple(sorted(hp.items())),
+        retain_kind=retain,
+        gamma=float(hp.get("gamma", 1.0)),
+        alpha=float(hp.get("alpha", 1.0)),
+        compat=bool(compat),
+        hidden_layer=layer,
+        needs_idk=spec.needs_idk,
+        reference=frozenset(k for k in reads if k.startswith("ref_")),
+        answer_row_parts=frozenset(parts),
+        consts_fn=spec.consts,
+    )
+
+
+def method_overrides(cfg) -> dict[str, Any]:
+    """A run config's `method_args` as a plain dict (overrides of the method's defaults)."""
+    return dict(cfg.method_args.to_dict()) if cfg.get("method_args") is not None else {}
+
+
+def resolve(cfg, n_layers: int | None = None, mode: str = "unlearn") -> Method:
+    """The run's method record from its config (`method`, `method_args`, `solver`, `compat`);
+    `n_layers` checks a hidden-state layer against the model."""
+    if mode == "finetune":
+        return FINETUNE
+    return resolve_method(
+        cfg.method, method_overrides(cfg), solver=cfg.solver, compat=bool(cfg.compat), n_layers=n_layers
+    )
+
+
+def requires_reference(name: str, retain: str | None = "default") -> bool:
+    """Whether the method, with retain loss `retain` ("default" = its own), needs a reference model."""
+    return bool(resolve_method(name, {} if retain == "default" else {"retain_loss": retain}).reference)
 
 
 def forget_loss(name: str, q: Batch, *, compat: bool = False, **overrides: Any) -> tuple[jax.Array, Aux]:
     """Dispatch: the forget loss of method `name` with its defaults updated by `overrides`."""
-    spec = get_method(name)
-    hp = resolve_hparams(name, overrides)
-    _require(q, spec.forget_inputs, f"method {name!r}")
-    return spec.forget_fn(q, compat=compat, **{k: hp[k] for k in spec.forget_args})
+    return resolve_method(name, overrides, compat=compat).forget_loss(q)

@@ -3,15 +3,17 @@
 Axes: M micro-batches per optimizer step, B micro-batch size, T length, V vocab, D model.
 One optimizer step = a `lax.scan` over M micro-batches accumulating gradients, then one optax update.
 The primal gradient uses the multiplier from before the update; the dual rule (unlearning/dual.py) runs
-inside the same jitted step, once per step ("step") or per micro-batch ("microbatch"); "epoch" and
-"fixed" leave λ to the loop. `batch["valid_M"]` marks filler micro-batches (0): the last step of an
-epoch may have fewer real micro-batches than M, and fillers add nothing to gradients, metrics or λ.
+inside the same jitted step (`dual.advance` after each micro-batch and at the step's end: the "step" and
+"microbatch" modes); the loop advances it at an epoch's end ("epoch"), "fixed" never moves it.
+`batch["valid_M"]` marks filler micro-batches (0): the last step of an epoch may have fewer real
+micro-batches than M, and fillers add nothing to gradients, metrics or λ.
 The warm-start flag is a traced value and the rule is static: changing λ never recompiles.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any
 
 import jax
@@ -40,18 +42,23 @@ class TrainState:
 class StepSpec:
     """Static description of the objective (part of the compiled program)."""
 
-    method: str = struct.field(pytree_node=False)
-    solver: str = struct.field(pytree_node=False)  # primal_dual | scalarized | finetune
-    dual_mode: str = struct.field(pytree_node=False)  # step | microbatch | epoch | fixed
-    retain_kind: str | None = struct.field(pytree_node=False)
-    forget_hp: tuple = struct.field(pytree_node=False)  # ((name, value), ...) method hyper-parameters
-    gamma: float = struct.field(pytree_node=False, default=1.0)
-    alpha: float = struct.field(pytree_node=False, default=1.0)
-    hidden_layer: int | None = struct.field(pytree_node=False, default=None)
-    compat: bool = struct.field(pytree_node=False, default=False)
+    resolved: methods.Method = struct.field(pytree_node=False)  # the run's method record (methods.resolve)
+    dual_mode: str = struct.field(pytree_node=False, default="fixed")  # step | microbatch | epoch | fixed
+    dual_rule: dual_lib.Rule = struct.field(pytree_node=False, default=dual_lib.Rule())
     # ((part, capacity), ...): parts whose LM head runs on answer-predicting rows only (answer_rows.py)
     answer_rows: tuple = struct.field(pytree_node=False, default=())
-    dual_rule: dual_lib.Rule = struct.field(pytree_node=False, default=dual_lib.Rule())
+
+    @property
+    def method(self) -> str:
+        return self.resolved.name
+
+    @property
+    def solver(self) -> str:  # primal_dual | scalarized | finetune
+        return self.resolved.solver
+
+    @property
+    def alpha(self) -> float:
+        return self.resolved.alpha
 
 
 def _forward(model, part, hidden_layer):
@@ -67,21 +74,9 @@ def _forward(model, part, hidden_layer):
     return model(part["input_ids"], part["attention_mask"], hidden_layer=hidden_layer)
 
 
-def needed_reference(spec: StepSpec) -> set[str]:
-    if spec.solver == "finetune":
-        return set()
-    m = methods.get_method(spec.method)
-    need = {k for k in m.forget_inputs if k.startswith("ref_")}
-    if spec.retain_kind == "kl":
-        need.add("ref_retain_logits")
-    if spec.retain_kind == "embed_diff":
-        need.add("ref_retain_hidden")
-    return need
-
-
 def reference_quantities(graphdef, ref_params, mb, spec: StepSpec) -> dict:
     """Frozen reference outputs for one micro-batch: one forward per batch part at most, no gradient."""
-    need = needed_reference(spec)
+    need = spec.resolved.reference
     if not need:
         return {}
     ref = nnx.merge(graphdef, jax.lax.stop_gradient(ref_params))
@@ -96,7 +91,7 @@ def reference_quantities(graphdef, ref_params, mb, spec: StepSpec) -> dict:
         logits, _ = _forward(ref, mb["idk"], None)
         out["ref_idk_nll"] = losses.sequence_nll(logits, mb["idk"]["labels"])[0]
     if need & {"ref_retain_logits", "ref_retain_hidden"}:
-        layer = spec.hidden_layer if "ref_retain_hidden" in need else None
+        layer = spec.resolved.hidden_layer if "ref_retain_hidden" in need else None
         logits, hidden = _forward(ref, mb["retain"], layer)
         if "ref_retain_logits" in need:
             out["ref_retain_logits"] = logits
@@ -112,31 +107,31 @@ def objective(params, lam, eps, mb, ref, consts, graphdef, spec: StepSpec, forge
         logits, _ = _forward(model, mb["forget"], None)
         loss = losses.token_ce_mean(logits, mb["forget"]["labels"])
         return loss, (loss, jnp.float32(jnp.nan))
-    layer = spec.hidden_layer
+    m = spec.resolved
     q = dict(ref)
     q.update(consts)
-    f_logits, f_hidden = _forward(model, mb["forget"], layer)
+    f_logits, f_hidden = _forward(model, mb["forget"], m.hidden_layer)
     q.update(forget_logits=f_logits, forget_labels=mb["forget"]["labels"])
     if f_hidden is not None:
         q["forget_hidden"] = f_hidden
     if "idk" in mb:
         q.update(idk_logits=_forward(model, mb["idk"], None)[0], idk_labels=mb["idk"]["labels"])
-    l_f, _ = methods.forget_loss(spec.method, q, compat=spec.compat, **dict(spec.forget_hp))
-    if spec.retain_kind is None:
+    l_f, _ = m.forget_loss(q)
+    if m.retain_kind is None:
         l_r = jnp.float32(0.0)
     else:
         r_logits, r_hidden = _forward(
-            model, mb["retain"], layer if spec.retain_kind == "embed_diff" else None
+            model, mb["retain"], m.hidden_layer if m.retain_kind == "embed_diff" else None
         )
         q.update(retain_logits=r_logits, retain_labels=mb["retain"]["labels"])
         if r_hidden is not None:
             q["retain_hidden"] = r_hidden
-        l_r = methods.retain_loss(spec.retain_kind, q, compat=spec.compat)
+        l_r = methods.retain_loss(m.retain_kind, q, compat=m.compat)
     if spec.solver == "primal_dual":
-        w = spec.gamma * resolve_forget_scale(forget_scale, l_f)
+        w = m.gamma * resolve_forget_scale(forget_scale, l_f)
         obj = dual_lib.lagrangian(spec.dual_rule, l_f, l_r, lam, eps, w)
     else:
-        obj = methods.scalarised(l_f, l_r, spec.gamma, spec.alpha)
+        obj = methods.scalarised(l_f, l_r, m.gamma, m.alpha)
     return obj, (l_f.astype(jnp.float32), l_r.astype(jnp.float32))
 
 
@@ -166,7 +161,8 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
 
     grad_fn = jax.value_and_grad(weighted, has_aux=True)
     zeros = jax.tree.map(jnp.zeros_like, state.params)
-    per_micro = spec.dual_mode == "microbatch" and spec.solver == "primal_dual"
+    mode = spec.dual_mode if spec.solver == "primal_dual" else "fixed"  # λ moves under primal_dual only
+    advance = functools.partial(dual_lib.advance, spec.dual_rule, mode)
 
     def micro(carry, xs):
         g_acc, dual, fs = carry
@@ -178,13 +174,7 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
             state.params, w, dual.lam, state.eps, mb, ref, consts, graphdef, spec, fs
         )
         lam_used = dual.lam
-        if per_micro:
-            dual = dual_lib.update(
-                spec.dual_rule,
-                dual,
-                dual_lib.violation(spec.dual_rule, l_r, state.eps),
-                hp["dual_active"] & (valid > 0),
-            )
+        dual = advance("microbatch", dual, l_r, state.eps, hp["dual_active"] & (valid > 0))
         g_acc = jax.tree.map(lambda a, b: a + b.astype(a.dtype), g_acc, g)
         return (g_acc, dual, resolve_forget_scale(fs, l_f)), (obj, l_f, l_r, lam_used)
 
@@ -195,14 +185,7 @@ def train_step(state: TrainState, batch, hp, ref_params, consts, *, graphdef, tx
     mean = lambda x_M: jnp.sum(jnp.where(valid_M > 0, x_M, 0.0)) / n_valid
     l_r = mean(l_rs)
     v = dual_lib.violation(spec.dual_rule, l_r, state.eps)
-    if spec.solver != "primal_dual":
-        dual_next = state.dual
-    elif spec.dual_mode == "step":
-        dual_next = dual_lib.update(spec.dual_rule, state.dual, v, hp["dual_active"])
-    elif per_micro:
-        dual_next = dual_end
-    else:
-        dual_next = state.dual
+    dual_next = advance("step", dual_end, l_r, state.eps, hp["dual_active"])  # after "microbatch" ones
     if spec.solver != "primal_dual":
         fs = state.forget_scale
     new = state.replace(
