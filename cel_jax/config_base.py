@@ -19,6 +19,8 @@ def _common() -> ml_collections.ConfigDict:
         train_rows="",
         forget_rows="",
         retain_rows="",
+        format="qa",  # "qa": question-answer rows | "text": raw text cut into max_length chunks (MUSE)
+        text_config="raw",  # format "text": the splits live in <source>/<text_config>/<split>
         template="chat",
         system_prompt="default",
         max_length=512,

@@ -2,8 +2,8 @@
 3 warm-start epochs, 10 epochs, lr 1e-5, constant schedule, no weight decay, effective batch 256
 (4 per device x 8 GPUs x 8 accumulation), ε 1.5 (News) / 0.1 (Books).
 
-MUSE trains on raw text chunks (`raw/forget`, `raw/retain1`, 2048 tokens); the raw-text loader for the
-engine is not wired yet, so this config documents the settings and runs through `cel-jax plan`.
+MUSE trains on raw text chunks (OU's PretrainingDataset): `raw/forget` and `raw/retain1`, each split's texts
+joined and cut into 2048-token chunks (`data.format="text"`).
 """
 
 from cel_jax.config_base import authors_dual, unlearn_config
@@ -16,6 +16,8 @@ def get_config(corpus: str = "news"):
     c.model.dtype = "bfloat16"
     c.model.remat = "dots_with_no_batch_dims_saveable"
     c.data.source = f"muse-bench/MUSE-{name}"
+    c.data.format, c.data.text_config = "text", "raw"
+    c.data.forget_split, c.data.retain_split = "forget", "retain1"
     c.data.template = "qa_base"
     c.data.max_length = 2048
     c.mesh.shape = (1, -1, 1)

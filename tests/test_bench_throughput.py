@@ -131,7 +131,7 @@ def test_matmul_peak_and_loss_head():
     assert h["delta_s"] == pytest.approx(h["pdu_s"] - h["grad_diff_s"])
 
 
-def test_answer_row_spec(tiny):
+def test_answer_row_plan_follows_lm_head_rows(tiny):
     _, model, tok = tiny
     batch = workload.train_batch(tok, ROWS, ROWS[::-1], batch=2, seq_len=128)
     st = jax_step.make_jax_step(model, "pdu", "primal_dual", batch, lm_head_rows="all", params={})

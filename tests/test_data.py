@@ -365,41 +365,9 @@ def test_partner_independent_of_batch_size():
         assert seen == {i: int(p[i]) for i in range(12)}
 
 
-def test_iterate_and_sequential_batches():
-    it = data.iterate_indices(5, 2, 0, shuffle=False)
-    got = [next(it)[0].tolist() for _ in range(4)]
-    assert got == [[0, 1], [2, 3], [4, 4], [0, 1]]
+def test_sequential_batches():
     seq = data.sequential_batches(5, 2)
     assert [i.tolist() for i, _ in seq] == [[0, 1], [2, 3], [4, 4]] and seq[-1][1].tolist() == [1, 0]
-
-
-def test_collate_pairs_shares_one_bucket():
-    f_items = [{"input_ids": [1] * 5, "labels": [1] * 5}, {"input_ids": [1] * 40, "labels": [1] * 40}]
-    r_items = [{"input_ids": [2] * 3, "labels": [2] * 3}]
-    b = data.collate_pairs(f_items, r_items, np.array([0, 1]), np.array([0, 0]), np.ones(2), 0, (16, 32, 64))
-    assert b["forget"]["input_ids"].shape == b["retain"]["input_ids"].shape == (2, 64)
-    b = data.collate_pairs(
-        f_items, r_items, np.array([0, 0]), np.array([0, 0]), np.ones(2), 0, (16, 64), same_length=False
-    )
-    assert b["forget"]["input_ids"].shape == b["retain"]["input_ids"].shape == (2, 16)
-
-
-def test_host_slices_partition_the_batch():
-    batch = {
-        "forget": {"input_ids": np.arange(24).reshape(8, 3)},
-        "weight": np.arange(8.0),
-        "step": 5,
-    }
-    parts = [data.host_slice(batch, p, 4) for p in range(4)]
-    np.testing.assert_array_equal(
-        np.concatenate([p["forget"]["input_ids"] for p in parts]), batch["forget"]["input_ids"]
-    )
-    np.testing.assert_array_equal(parts[1]["weight"], [2.0, 3.0])
-    assert parts[3]["step"] == 5
-    with pytest.raises(ValueError, match="does not split over 3"):
-        data.host_slice(batch, 0, 3)
-    with pytest.raises(ValueError, match="process_index"):
-        data.host_slice(batch, 4, 4)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -460,12 +428,9 @@ def test_jsonl_errors_number_lines_alike(tmp_path):
         data.load_qa(tmp_path, "arr")
     with pytest.raises(ValueError, match=r"<list of rows>, row 1: missing field 'answer'"):
         data.load_qa([{"question": "q", "answer": "a"}, {"question": "q"}])
-    assert data.read_json_rows(tmp_path / "field.jsonl") == [
-        {"question": "q", "answer": "a"},
-        {"question": "q"},
-    ]
-    rows, origin = data.load_rows(tmp_path, "field", "train")
-    assert len(rows) == 2 and origin == str(tmp_path / "field.jsonl")
+    rows, origin, lines = qa._load_located(tmp_path, "field", "train", None)  # raw rows, before validation
+    assert rows == [{"question": "q", "answer": "a"}, {"question": "q"}] and lines == [1, 3]
+    assert origin == str(tmp_path / "field.jsonl")
 
 
 def test_source_errors(tmp_path):

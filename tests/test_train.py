@@ -376,3 +376,51 @@ def test_epoch_mode_updates_lambda_once_per_epoch(model_dir, tmp_path):
         by_epoch.setdefault(r["epoch"], set()).add(r["dual"])
     assert by_epoch[0] == {1.0} and len(by_epoch[1]) == 1
     assert by_epoch[1].pop() > 1.0  # retain loss (~6) above ε = 3 after epoch 0: λ rose once
+
+
+MUSE_FIXTURE = ROOT / "tests" / "fixtures" / "muse"
+
+
+def test_raw_text_unlearning_trains_on_pretraining_chunks(model_dir, tmp_path):
+    """data.format="text" (MUSE): each split's texts joined and cut into max_length-token chunks, as
+    OU's PretrainingDataset; PDU runs on raw/forget against raw/retain1."""
+    from cel_jax import data
+
+    over = {
+        "data.source": str(MUSE_FIXTURE),
+        "data.format": "text",
+        "data.forget_split": "forget",
+        "data.retain_split": "retain1",
+        "data.max_length": 32,
+        "max_steps": 2,
+    }
+    out = train.run(tiny_cfg(model_dir, **over), str(tmp_path))
+    texts = {
+        s: [json.loads(x)["text"] for x in (MUSE_FIXTURE / "raw" / f"{s}.jsonl").read_text().splitlines()]
+        for s in ("forget", "retain1")
+    }
+    td, tok = out["data"], out["tokenizer"]
+    for items, split in ((td.forget_items, "forget"), (td.retain_items, "retain1")):
+        want = data.encode_pretraining(tok, texts[split], 32)
+        assert [it["input_ids"] for it in items] == [it["input_ids"] for it in want]
+        assert len(items) > 1 and all(len(it["input_ids"]) <= 33 for it in items)  # BOS + a chunk
+    log = rows(tmp_path)
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["retain_loss"]) for r in log)
+    with pytest.raises(ValueError, match="data.format must be one of"):
+        train.run(tiny_cfg(model_dir, **{**over, "data.format": "chunks"}), str(tmp_path / "bad"))
+    with pytest.raises(ValueError, match="data.format='text' has none"):
+        train.run(tiny_cfg(model_dir, method="idk_dpo", **over), str(tmp_path / "idk"))
+
+
+@pytest.mark.parametrize("corpus, eps", [("news", 1.5), ("books", 0.1)])
+def test_muse_config_unlearns_raw_text_with_the_authors_settings(corpus, eps):
+    from cel_jax.training import checks
+
+    spec = importlib.util.spec_from_file_location("muse_cfg", ROOT / "configs" / "muse_llama2_7b.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = mod.get_config(corpus)
+    checks.validate_config(cfg, "unlearn")
+    assert (cfg.data.format, cfg.data.text_config) == ("text", "raw")
+    assert (cfg.data.forget_split, cfg.data.retain_split, cfg.data.max_length) == ("forget", "retain1", 2048)
+    assert (cfg.dual.rule, cfg.dual.lam0, cfg.dual.lr, cfg.dual.eps) == ("gda", 50.0, 1.0, eps)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-IGNORE = -100
+IGNORE = -100  # = cel_jax.data.format.IGNORE, not imported: the PyTorch worker must not load JAX
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 

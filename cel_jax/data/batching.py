@@ -10,7 +10,7 @@ Steps per epoch are therefore ceil(n / B), as HF Trainer's default (drop_last=Fa
 """
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -167,16 +167,6 @@ def next_indices(
     return idx, weight_B, nxt
 
 
-def iterate_indices(
-    n: int, batch_size: int, seed: int, cursor: Cursor | None = None, shuffle: bool = True
-) -> Iterator[tuple[np.ndarray, np.ndarray, Cursor]]:
-    """Endless (idx_B, weight_B, cursor_after) batches from `cursor` (default: the start) on."""
-    cursor = Cursor() if cursor is None else Cursor(*cursor)
-    while True:
-        idx, w, cursor = next_indices(n, batch_size, seed, cursor, shuffle)
-        yield idx, w, cursor
-
-
 def sequential_batches(n: int, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """One pass in order (evaluation): [(idx_B, weight_B)], the last batch padded with weight 0."""
     out, cursor = [], Cursor()
@@ -196,57 +186,5 @@ def next_pairs(
     return f_idx, r_idx, w, nxt
 
 
-def collate_pairs(
-    forget_items: Sequence[Mapping[str, Any]],
-    retain_items: Sequence[Mapping[str, Any]],
-    forget_idx: np.ndarray,
-    retain_idx: np.ndarray,
-    weight: np.ndarray,
-    pad_id: int,
-    buckets: Sequence[int],
-    *,
-    same_length: bool = True,
-    compat_mask: bool = False,
-) -> dict[str, Any]:
-    """{"forget": batch, "retain": batch, "weight": weight_B}, right-padded; with same_length both
-    halves share one bucket (one compile per bucket instead of per pair of buckets)."""
-    f = [forget_items[i] for i in forget_idx]
-    r = [retain_items[i] for i in retain_idx]
-    f_len = pick_bucket(max(len(it["input_ids"]) for it in f), buckets)
-    r_len = pick_bucket(max(len(it["input_ids"]) for it in r), buckets)
-    if same_length:
-        f_len = r_len = max(f_len, r_len)
-    return {
-        "forget": collate(f, pad_id, buckets, weight=weight, length=f_len, compat_mask=compat_mask),
-        "retain": collate(r, pad_id, buckets, weight=weight, length=r_len, compat_mask=compat_mask),
-        "weight": np.asarray(weight, np.float32),
-    }
-
-
 # ---------------------------------------------------------------------------------------------------
 # Multi-host
-
-
-def host_slice(batch: Any, process_index: int, process_count: int) -> Any:
-    """This process's contiguous share of a global batch: rows [p*B/P, (p+1)*B/P) of every array
-    (nested dicts and lists of arrays are walked; non-array leaves are returned unchanged)."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
-
-    def cut(x: Any) -> Any:
-        if isinstance(x, Mapping):
-            return {k: cut(v) for k, v in x.items()}
-        if isinstance(x, tuple) and hasattr(x, "_fields"):  # NamedTuple (e.g. a Cursor)
-            return type(x)(*(cut(v) for v in x))
-        if isinstance(x, list | tuple):
-            return type(x)(cut(v) for v in x)
-        if isinstance(x, np.ndarray) and x.ndim >= 1:
-            if x.shape[0] % process_count:
-                raise ValueError(
-                    f"global batch of {x.shape[0]} rows does not split over {process_count} processes"
-                )
-            share = x.shape[0] // process_count
-            return x[process_index * share : (process_index + 1) * share]
-        return x
-
-    return cut(batch)

@@ -145,12 +145,6 @@ def load_muse(source: Any, config: str, split: str, *, hub: bool | None = None) 
 # Sources
 
 
-def load_rows(source: Any, config: str | None, split: str, *, hub: bool | None = None) -> tuple[list, str]:
-    """Raw rows and a human description of where they came from (for error messages)."""
-    rows, origin, _ = _load_located(source, config, split, hub)
-    return rows, origin
-
-
 def _load_located(
     source: Any, config: str | None, split: str, hub: bool | None
 ) -> tuple[list, str, list | None]:
@@ -188,11 +182,6 @@ def resolve_config_file(folder: Path, config: str, split: str) -> Path:
         f"no file for config {config!r} split {split!r} in {str(folder)!r}; tried: "
         + ", ".join(str(p) for p in tried)
     )
-
-
-def read_json_rows(path: Path) -> list:
-    """A JSON array of objects, or JSON lines (blank lines skipped); errors name file and line."""
-    return _read_json_lines(Path(path))[0]
 
 
 def _read_file(path: Path) -> tuple[list, str, list | None]:

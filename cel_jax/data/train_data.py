@@ -43,20 +43,41 @@ def parse_rows(spec: str | None, n: int) -> list[int] | None:
     return out
 
 
-def _load(cfg_data, split: str, rows_spec: str | None = None) -> list[dict]:
-    src = cfg_data.source
-    if src == "demo":
-        src = data.DATA_DIR
-        split = data.DEMO_SPLITS.get(split, split)
-    rows = data.load_qa(src, split)
+def _select(rows: list[dict], rows_spec: str | None, split: str, source) -> list[dict]:
+    """The rows `rows_spec` names (all when empty); an empty result is an error."""
     sel = parse_rows(rows_spec, len(rows))
     if sel is not None:
         if max(sel) >= len(rows):
             raise ValueError(f"row selection {rows_spec!r} exceeds the {len(rows)} rows of {split!r}")
         rows = [rows[i] for i in sel]
     if not rows:
-        raise ValueError(f"split {split!r} of {cfg_data.source!r} is empty")
+        raise ValueError(f"split {split!r} of {source!r} is empty")
     return rows
+
+
+def _load(cfg_data, split: str, rows_spec: str | None = None) -> list[dict]:
+    src = cfg_data.source
+    if src == "demo":
+        src = data.DATA_DIR
+        split = data.DEMO_SPLITS.get(split, split)
+    rows = data.load_qa(src, split)
+    return _select(rows, rows_spec, split, cfg_data.source)
+
+
+FORMATS = ("qa", "text")  # question-answer rows (TOFU, the demo) | raw text chunks (MUSE raw/forget)
+
+
+def _data_format(cfg_data) -> str:
+    fmt = cfg_data.get("format", "qa")
+    if fmt not in FORMATS:
+        raise ValueError(f"data.format must be one of {FORMATS}, got {fmt!r}")
+    return fmt
+
+
+def _load_text(cfg_data, split: str, rows_spec: str | None = None) -> list[dict]:
+    """Raw-text rows of `<source>/<data.text_config>/<split>` (MUSE: raw/forget, raw/retain1)."""
+    rows = data.load_text(cfg_data.source, cfg_data.get("text_config", "raw"), split)
+    return _select(rows, rows_spec, split, cfg_data.source)
 
 
 @dataclasses.dataclass
@@ -168,15 +189,24 @@ def prepare_data(cfg, tokenizer, mode: str, needs_idk: bool = False) -> TrainDat
     enc: dict[str, Any] = dict(
         max_length=d.max_length, on_too_long=d.get("on_too_long", "error"), on_no_target="error"
     )
+    text = _data_format(d) == "text"
+    load = _load_text if text else _load
     if mode == "finetune":
-        forget_rows = _load(d, d.train_split, d.get("train_rows"))
+        forget_rows = load(d, d.train_split, d.get("train_rows"))
         retain_rows: list[dict] = []
     else:
-        forget_rows = _load(d, d.forget_split, d.get("forget_rows"))
-        retain_rows = _load(d, d.retain_split, d.get("retain_rows"))
-    encode = lambda rows: data.encode_qa_rows(tokenizer, rows, template, **enc)
+        forget_rows = load(d, d.forget_split, d.get("forget_rows"))
+        retain_rows = load(d, d.retain_split, d.get("retain_rows"))
+    if text:  # OU's PretrainingDataset: the split's texts joined, cut into max_length-token chunks
+        encode = lambda rows: data.encode_pretraining(tokenizer, [r["text"] for r in rows], d.max_length)
+    else:
+        encode = lambda rows: data.encode_qa_rows(tokenizer, rows, template, **enc)
     forget_items, retain_items = encode(forget_rows), encode(retain_rows)
     idk_items: list[list[dict]] = []
+    if needs_idk and text:
+        raise ValueError(
+            "this method needs \"I don't know\" answers to questions: data.format='text' has none"
+        )
     if needs_idk:
         answers = load_idk_answers()
         rng = np.random.default_rng(cfg.seed + 101)
@@ -188,7 +218,8 @@ def prepare_data(cfg, tokenizer, mode: str, needs_idk: bool = False) -> TrainDat
                     for r, j in zip(forget_rows, picks, strict=True)
                 ]
             )
-    longest = d.max_length + (1 if enc["on_too_long"] == "truncate" else 0)
+    # a text chunk is BOS + max_length tokens; a truncated QA item keeps its EOS after max_length
+    longest = d.max_length + (1 if text or enc["on_too_long"] == "truncate" else 0)
     buckets = data.make_buckets(longest, multiple=d.get("bucket_multiple", 32))
     return TrainData(
         forget_rows=forget_rows,

@@ -70,6 +70,7 @@ from cel_jax.evaluation.results import (  # noqa: F401
     true_better,
     truth_ratio_result,
 )
+from cel_jax.unlearning import losses
 
 MIA_K = 0.4  # OU's k for mia_min_k / mia_min_k_plus_plus / privleak
 MINKPP_SIGMA2_MIN = 1e-6  # OU's clamp of the Min-K++ variance
@@ -113,15 +114,18 @@ def token_stats(logits_BTV: jax.Array, labels_BT: jax.Array) -> dict[str, jax.Ar
     return _token_stats(logits_BTV, labels_BT)
 
 
+def target_logp(logits_BTV: jax.Array, labels_BT: jax.Array):
+    """The causal shift (losses.shift) in fp32: log-probabilities [B,S,V], targets [B,S] (0 where ignored),
+    their mask, and each target's log-probability (0 where ignored)."""
+    logits_BSV, target_BS, mask_BS = losses.shift(logits_BTV, labels_BT.astype(jnp.int32))
+    logp_BSV = jax.nn.log_softmax(logits_BSV, axis=-1)
+    token_logp_BS = jnp.take_along_axis(logp_BSV, target_BS[..., None], axis=-1)[..., 0]
+    return logp_BSV, target_BS, mask_BS, jnp.where(mask_BS, token_logp_BS, 0.0)
+
+
 @jax.jit
 def _token_stats(logits_BTV: jax.Array, labels_BT: jax.Array) -> dict[str, jax.Array]:
-    labels_BT = labels_BT.astype(jnp.int32)
-    logp_BSV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
-    target_BS = labels_BT[:, 1:]
-    label_mask_BS = target_BS != IGNORE
-    safe_target_BS = jnp.where(label_mask_BS, target_BS, 0)
-    token_logp_BS = jnp.take_along_axis(logp_BSV, safe_target_BS[..., None], axis=-1)[..., 0]
-    token_logp_BS = jnp.where(label_mask_BS, token_logp_BS, 0.0)
+    logp_BSV, target_BS, label_mask_BS, token_logp_BS = target_logp(logits_BTV, labels_BT)
 
     loss_sum_B = -jnp.sum(token_logp_BS, axis=-1)
     n_tokens_B = jnp.sum(labels_BT != IGNORE, axis=-1).astype(jnp.int32)
@@ -163,10 +167,7 @@ def mia_token_nll(logits_BTV: jax.Array, labels_BT: jax.Array) -> jax.Array:
 
     Differentiable; an item without MIA positions gives NaN (as torch's mean of an empty tensor).
     """
-    logp_BSV = jax.nn.log_softmax(logits_BTV[:, :-1].astype(jnp.float32), axis=-1)
-    target_BS = labels_BT[:, 1:].astype(jnp.int32)
-    label_mask_BS = target_BS != IGNORE
-    lp_BS = jnp.take_along_axis(logp_BSV, jnp.where(label_mask_BS, target_BS, 0)[..., None], axis=-1)[..., 0]
+    _, target_BS, label_mask_BS, lp_BS = target_logp(logits_BTV, labels_BT)
     pos_S = jnp.arange(target_BS.shape[1])
     last_B = jnp.max(jnp.where(label_mask_BS, pos_S[None, :], -1), axis=-1)
     mask_BS = label_mask_BS & (pos_S[None, :] != last_B[:, None])

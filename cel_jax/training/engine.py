@@ -4,7 +4,7 @@
 adds the answer-row plan, the optax chain and its lr schedule, the train-state constructor, the jitted
 step (state donated; on a mesh, the state's shardings as out_shardings) with its ahead-of-time programs,
 the method's constants and whether it needs a frozen reference copy of the parameters.
-`train.run`, bench/throughput.py and the tests all build their step here.
+`train.run`, bench/throughput/jax_step.py and the tests all build their step here.
 
 Axes: M micro-batches per optimizer step, B micro-batch size (global), T length.
 """

@@ -31,7 +31,8 @@ def before_snapshot(job, model):
     set); None otherwise."""
     rc = report_config(job.cfg)
     show = job.mode == "unlearn" and rc.get("enabled", False) and jax.process_index() == 0
-    return before_after.snapshot(model, job.tok, job.td, rc) if show and job.td.retain_rows else None
+    qa = bool(job.td.retain_rows) and "question" in job.td.retain_rows[0]  # raw text has no questions
+    return before_after.snapshot(model, job.tok, job.td, rc) if show and qa else None
 
 
 def summary(job, state, cursor, eps: float, wall: float, start_step: int) -> dict:

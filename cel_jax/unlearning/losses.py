@@ -12,7 +12,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-IGNORE = -100
+from cel_jax.data.format import IGNORE
 
 Average = Literal["token", "sequence", "all"]
 Tie = Literal["split", "first"]

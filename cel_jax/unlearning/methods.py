@@ -152,6 +152,23 @@ METHODS: dict[str, MethodSpec] = {
 }
 
 
+def register(spec: MethodSpec) -> MethodSpec:
+    """Add a method to the registry (`cel-jax unlearn --config.method=NAME` then runs it); a name that is
+    already registered fails."""
+    if spec.name in METHODS:
+        raise ValueError(f"method {spec.name!r} is already registered")
+    missing = sorted(set(spec.forget_args) - set(spec.defaults))
+    if missing or "retain_loss" not in spec.defaults:
+        raise ValueError(f"method {spec.name!r}: defaults lack {missing or ['retain_loss']}")
+    METHODS[spec.name] = spec
+    return spec
+
+
+def unregister(name: str) -> None:
+    """Remove a registered method (tests register toy methods and remove them again)."""
+    METHODS.pop(name, None)
+
+
 def get_method(name: str) -> MethodSpec:
     """The registry entry for `name`; ValueError listing the valid names otherwise."""
     if name not in METHODS:
