@@ -18,7 +18,7 @@ from conftest_tokenizer import make_tokenizer
 from flax import nnx
 
 from cel_jax import data as D
-from cel_jax.evaluation import driver, gradnorm, tofu
+from cel_jax.evaluation import driver, gradnorm, registry, tofu
 from cel_jax.evaluation import forward as F
 from cel_jax.evaluation import metrics as M
 from cel_jax.model import Llama, LlamaConfig, hf_io
@@ -282,9 +282,21 @@ def test_missing_inputs_are_reported_not_invented():
     out = driver.evaluate_tofu(_tiny(tok), tok, cfg, verbose=False)  # no reference model: nothing to run
     assert out["summary"] == {"mia_reference": None, "max_items": N}
     assert "reference model" in out["logs"]["mia_reference"]["note"]
-    assert tofu.needed_sets(["forget_quality"]) == {"forget"}
-    assert tofu.needed_sets(["model_utility"]) == {"retain", "gen:retain", "ra", "gen:ra", "wf", "gen:wf"}
-    assert tofu.needed_sets(["privleak", "mia_gradnorm"]) == {"forget", "holdout", "token_arrays", "gradnorm"}
+    assert registry.needed_jobs("tofu", ["forget_quality"]) == {"forget"}
+    assert registry.needed_jobs("tofu", ["model_utility"]) == {
+        "retain",
+        "gen:retain",
+        "ra",
+        "gen:ra",
+        "wf",
+        "gen:wf",
+    }
+    assert registry.needed_jobs("tofu", ["privleak", "mia_gradnorm"]) == {
+        "forget",
+        "holdout",
+        "token_arrays",
+        "gradnorm",
+    }
 
 
 def test_bad_configs_fail_clearly():

@@ -92,11 +92,6 @@ def default_config() -> ml_collections.ConfigDict:
     return c
 
 
-def needed_sets(names: Any) -> set[str]:
-    """The jobs (forward passes, generations, ...) the requested metrics need (`tofu_suite`)."""
-    return registry.needed_jobs("tofu", names)
-
-
 def validate(cfg: Mapping[str, Any]) -> None:
     registry.check_names("tofu", cfg["metrics"])
     if cfg["question_key"] not in ("question", "paraphrased_question"):
