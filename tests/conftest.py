@@ -26,6 +26,7 @@ from cel_jax.data.qa import tofu_dir  # noqa: E402  (after the setup above)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOFU_FIXTURES = ROOT / "tests" / "fixtures" / "tofu"
+MUSE_FIXTURES = ROOT / "tests" / "fixtures" / "muse"
 REAL_TOFU = tofu_dir()
 needs_real_tofu = pytest.mark.skipif(
     REAL_TOFU is None, reason="CEL_JAX_TOFU_DIR not set: real TOFU data tests skipped"

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TOFU_FIXTURES
+from conftest import MUSE_FIXTURES, TOFU_FIXTURES
 from conftest_tokenizer import make_tokenizer
 from flax import nnx
 
@@ -23,7 +23,6 @@ from cel_jax.evaluation import forward as F
 from cel_jax.evaluation import metrics as M
 from cel_jax.model import Llama, LlamaConfig, hf_io
 
-MUSE_DIR = Path(__file__).parent / "fixtures" / "muse"
 N = 4  # max_items
 RUN2_METRICS = (
     "forget_quality",
@@ -250,7 +249,9 @@ def test_compat_masks_eos_tokens_as_the_reference():
 def test_muse_fixtures_end_to_end(tmp_path):
     tok = make_tokenizer("llama2")  # no pad, no chat template: MUSE's Llama-2 base-model setup
     model = _tiny(tok, seed=2)
-    cfg = dict(data_dir=str(MUSE_DIR), verbmem_max_new_tokens=8, knowmem_max_new_tokens=5, progress=False)
+    cfg = dict(
+        data_dir=str(MUSE_FIXTURES), verbmem_max_new_tokens=8, knowmem_max_new_tokens=5, progress=False
+    )
     out = driver.evaluate_muse(model, tok, cfg, tmp_path, verbose=False)
     logs, summary = _read(tmp_path / "MUSE_EVAL.json"), _read(tmp_path / "MUSE_SUMMARY.json")
     assert out["summary"] == summary
@@ -262,12 +263,12 @@ def test_muse_fixtures_end_to_end(tmp_path):
         vbi = logs[name]["value_by_index"]
         assert len(vbi) == 5
         assert np.isclose(logs[name]["agg_value"], np.mean([v["rougeL_f1"] for v in vbi.values()]))
-    shots = D.load_muse(MUSE_DIR, "knowmem", "forget_qa_icl")
-    first_q = D.load_muse(MUSE_DIR, "knowmem", "forget_qa")[0]["question"]
+    shots = D.load_muse(MUSE_FIXTURES, "knowmem", "forget_qa_icl")
+    first_q = D.load_muse(MUSE_FIXTURES, "knowmem", "forget_qa")[0]["question"]
     prompt = logs["forget_knowmem_ROUGE"]["value_by_index"]["0"]["input"]
     assert prompt.startswith(f"Question: {shots[0]['question']}\nAnswer: {shots[0]['answer']}\n\n")
     assert prompt.endswith(f"Question: {first_q}\nAnswer: ")
-    gt = D.load_muse(MUSE_DIR, "verbmem", "forget")[0]["gt"]
+    gt = D.load_muse(MUSE_FIXTURES, "verbmem", "forget")[0]["gt"]
     assert logs["forget_verbmem_ROUGE"]["value_by_index"]["0"]["ground_truth"] == gt
     for name in ("extraction_strength", "exact_memorization"):
         assert len(logs[name]["value_by_index"]) == 5 and 0 <= summary[name] <= 1

@@ -15,12 +15,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from conftest import MUSE_FIXTURES
 
 from cel_jax.evaluation import metrics as M
 from cel_jax.evaluation import report as R
 
 IGN = M.IGNORE
-FIXTURES = Path(__file__).parent / "fixtures" / "muse"
 
 
 def _rand_batch(seed=0, B=3, T=7, V=11, scale=3.0):
@@ -459,7 +459,9 @@ def test_load_retain_logs(tmp_path):
 )
 def test_muse_fixture_layout(config, splits, fields):
     for split in splits:
-        rows = [json.loads(line) for line in (FIXTURES / config / f"{split}.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(line) for line in (MUSE_FIXTURES / config / f"{split}.jsonl").read_text().splitlines()
+        ]
         assert 4 <= len(rows) <= 8
         for row in rows:
             assert set(row) == fields and all(isinstance(v, str) and v.strip() for v in row.values())

@@ -11,6 +11,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from conftest import MUSE_FIXTURES
 from tiny_model import make_tiny_model_dir
 
 from cel_jax.training import checkpoint, train
@@ -378,16 +379,13 @@ def test_epoch_mode_updates_lambda_once_per_epoch(model_dir, tmp_path):
     assert by_epoch[1].pop() > 1.0  # retain loss (~6) above ε = 3 after epoch 0: λ rose once
 
 
-MUSE_FIXTURE = ROOT / "tests" / "fixtures" / "muse"
-
-
 def test_raw_text_unlearning_trains_on_pretraining_chunks(model_dir, tmp_path):
     """data.format="text" (MUSE): each split's texts joined and cut into max_length-token chunks, as
     OU's PretrainingDataset; PDU runs on raw/forget against raw/retain1."""
     from cel_jax import data
 
     over = {
-        "data.source": str(MUSE_FIXTURE),
+        "data.source": str(MUSE_FIXTURES),
         "data.format": "text",
         "data.forget_split": "forget",
         "data.retain_split": "retain1",
@@ -396,7 +394,7 @@ def test_raw_text_unlearning_trains_on_pretraining_chunks(model_dir, tmp_path):
     }
     out = train.run(tiny_cfg(model_dir, **over), str(tmp_path))
     texts = {
-        s: [json.loads(x)["text"] for x in (MUSE_FIXTURE / "raw" / f"{s}.jsonl").read_text().splitlines()]
+        s: [json.loads(x)["text"] for x in (MUSE_FIXTURES / "raw" / f"{s}.jsonl").read_text().splitlines()]
         for s in ("forget", "retain1")
     }
     td, tok = out["data"], out["tokenizer"]
