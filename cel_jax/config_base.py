@@ -42,8 +42,10 @@ def _common() -> ml_collections.ConfigDict:
     c.max_steps = config_dict.placeholder(int)  # stop after N optimizer steps (smoke runs)
     c.seed = 0
     c.shuffle = True
-    # keep_final: keep the last checkpoint (optimizer state) once the model is exported; else dropped
-    c.ckpt = dict(every=50, keep=2, async_save=True, keep_final=False)
+    # keep_final: keep the last checkpoint (optimizer state) once the model is exported; else dropped.
+    # save_final: checkpoint the end state before the final evaluation and export (a crash there resumes
+    # at the end instead of retraining); off for a stage whose export follows at once (the target's)
+    c.ckpt = dict(every=50, keep=2, async_save=True, keep_final=False, save_final=True)
     c.export = True
     # Rerun into a work dir: auto (same config resumes, another is refused) | force | restart (run_dir.py)
     c.resume = "auto"

@@ -125,6 +125,16 @@ def test_restart_starts_over_once_and_spares_an_exported_model(model_dir, tmp_pa
     assert checkpoint.finalized_steps(str(tmp_path))[-1] == 2
 
 
+def test_save_final_off_leaves_no_end_checkpoint(model_dir, tmp_path):
+    """The target stage's switch: no checkpoint at the end (only the export); the default keeps one."""
+    over = {"max_steps": 2, "ckpt.every": 10**9, "export": True}
+    train.run(tiny_cfg(model_dir, **over), str(tmp_path / "on"))
+    out = train.run(tiny_cfg(model_dir, **over, **{"ckpt.save_final": False}), str(tmp_path / "off"))
+    assert checkpoint.finalized_steps(str(tmp_path / "on")) == [2]
+    assert checkpoint.finalized_steps(str(tmp_path / "off")) == [] and out["summary"]["steps"] == 2
+    assert (tmp_path / "off" / "model" / "config.json").exists()
+
+
 def test_exported_model_without_checkpoint_is_refused(model_dir, tmp_path, monkeypatch):
     (tmp_path / "model").mkdir()
     (tmp_path / "model" / "model.safetensors").write_bytes(b"weights")

@@ -49,8 +49,9 @@ def save(job, state, step: int, meta: dict, log_path, first: bool) -> None:
 
 
 def save_final(job, state, meta: dict) -> None:
-    """The end state, unless the last save already holds it; then wait for async saves to land."""
-    if job.mgr.latest_step() != int(state.step):
+    """The end state, unless the last save already holds it or `ckpt.save_final` is off; then wait for
+    async saves to land."""
+    if job.cfg.ckpt.get("save_final", True) and job.mgr.latest_step() != int(state.step):
         release_before_save(state)
         checkpoint.save(job.mgr, int(state.step), state, meta, force=True)
     checkpoint.finish(job.mgr)

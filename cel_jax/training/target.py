@@ -33,7 +33,8 @@ def finetune_config(cfg):
     ft.optim.warmup_epochs = float(t.get("warmup_epochs", 0.0))
     ft.mesh = cfg.mesh.to_dict()
     ft.seed = cfg.seed
-    ft.ckpt.every = 10**9  # one short run: no checkpoint but the final one, deleted once exported
+    ft.ckpt.every = 10**9  # one short run: no checkpoint; the export follows the last step at once
+    ft.ckpt.save_final = False
     ft.ckpt.keep = 1
     ft.ckpt.async_save = False
     return ft
