@@ -1,14 +1,15 @@
 """Dual rules side by side: which rule keeps L_r ≤ ε on the most settings with one set of gains?
 
   python -m bench.dual_rules [--out results/dual_rules] [--workdir runs/dual_rules]
-                             [--rules gda,pi,alm] [--eps-alpha 0.5,1.0]
+                             [--rules gda,pi,alm] [--eps-alpha 0.5,1.0,2.0] [--reuse]
 
 Every run is the README main job (configs/demo.py: the embedded SmolLM2 taught the eight demo people,
 then two of them unlearned) with only the rule and ε changed; each rule keeps the same gains on every
 ε (no per-setting tuning). Per run: the feasibility report (final retain loss = mean of the last epoch
 vs ε), λ's range, and forget / retain ROUGE-L recall before and after. Writes `<out>/results.json`,
 `<out>/results.md` (table + the command) and `<out>/dual_rules.png` (final retain loss against ε, the
-diagonal being the promise; λ over the steps).
+diagonal being the promise; λ over the steps). `--reuse` keeps the runs already in `<out>/results.json`
+(same rule, same α) and runs only the missing ones.
 """
 
 from __future__ import annotations
@@ -132,7 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "results" / "dual_rules"))
     p.add_argument("--workdir", default=str(ROOT / "runs" / "dual_rules"))
     p.add_argument("--rules", default="gda,pi,alm")
-    p.add_argument("--eps-alpha", default="0.5,1.0")
+    p.add_argument("--eps-alpha", default="0.5,1.0,2.0")
+    p.add_argument("--reuse", action="store_true", help="keep the runs already in <out>/results.json")
     a = p.parse_args(argv)
     rules = [r for r in a.rules.split(",") if r]
     unknown = sorted(set(rules) - set(RULES))
@@ -142,9 +144,17 @@ def main(argv=None) -> int:
     out, wd = Path(a.out), Path(a.workdir)
     out.mkdir(parents=True, exist_ok=True)
     command = f"python -m bench.dual_rules --rules {a.rules} --eps-alpha {a.eps_alpha}"
+    kept = {}
+    if a.reuse and (out / "results.json").exists():
+        runs = json.loads((out / "results.json").read_text())["runs"]
+        kept = {(r["rule"], r["eps_alpha"]): r for r in runs}
     results = []
     for alpha in alphas:
         for name in rules:
+            if (name, alpha) in kept:
+                print(f"== {name}, eps_alpha {alpha}: kept from {out / 'results.json'}")
+                results.append(kept[(name, alpha)])
+                continue
             print(f"== {name}, eps_alpha {alpha}")
             results.append(run_one(name, alpha, wd / f"{name}_a{alpha}"))
             write_text(out / "results.json", json.dumps({"command": command, "runs": results}, indent=2))
