@@ -31,9 +31,8 @@ def get_config():
     # Lagrangian (gda plus a quadratic penalty), L_f / L_f(θ0) and the violation L_r / ε − 1, so the gains
     # λ0 1, η 1, ρ 10 do not depend on the loss scale.
     # ε = (1 + 2) × the target's own retain loss before unlearning (the package default is 1 + 1): the
-    # target has memorised its rows (L_r ≈ 0.12 nats per token), so 3 × is still a loss at which every
-    # retain answer is reproduced, and it leaves the forget loss room to fall (docs/dual.md: the rules at
-    # α = 0.5, 1 and 2 on this job).
+    # target has memorised its rows (L_r ≈ 0.12 nats per token), so at 3 × most retain answers are still
+    # reproduced, and the forget loss has room to fall (docs/dual.md: the rules at α = 1 and 2 on this job).
     c.dual.eps_alpha = 2.0
     c.ckpt.every = 20
     c.ckpt.async_save = False  # an async save holds a second copy of the 1.6 GB state while it writes
