@@ -32,7 +32,7 @@ def get_config():
     # λ0 1, η 1, ρ 10 do not depend on the loss scale.
     # ε = (1 + 2) × the target's own retain loss before unlearning (the package default is 1 + 1): the
     # target has memorised its rows (L_r ≈ 0.12 nats per token), so at 3 × most retain answers are still
-    # reproduced, and the forget loss has room to fall (docs/dual.md: the rules at α = 1 and 2 on this job).
+    # reproduced, and the forget loss has room to fall (docs/dual.md: the rules at α = 0.5, 1, 2).
     c.dual.eps_alpha = 2.0
     c.ckpt.every = 20
     c.ckpt.async_save = False  # an async save holds a second copy of the 1.6 GB state while it writes
