@@ -2,6 +2,8 @@
 
   python -m bench.tofu_sweep [--workdir runs/tofu_mini] [--out results/tofu_sweep] [--only NAME,...]
                             [--finished-only]   (report the finished runs; the rest are listed as not run)
+                            [--reuse]   (keep the rows of <out>/results.json whose stage is not in the
+                                         work dir, once the target and retain model reproduce its references)
 
 Same protocol as `bench.tofu_mini --preset mini` (its target, retain model and their evaluations are
 reused from the same work dir, or made first), then for forget01:
@@ -122,8 +124,15 @@ def pareto(points: dict[str, tuple[float, float]]) -> set[str]:
 
 
 def run(
-    workdir: Path, out: Path, names: list[str], data_dir: str, model: str, finished_only: bool = False
+    workdir: Path,
+    out: Path,
+    names: list[str],
+    data_dir: str,
+    model: str,
+    finished_only: bool = False,
+    reuse: dict | None = None,
 ) -> dict:
+    """`reuse`: an earlier results.json; its rows stand in for runs whose stage is not in `workdir`."""
     allx = entries()
     bad = [n for n in names if n not in allx]
     if bad:
@@ -141,10 +150,16 @@ def run(
     refs = {"retain": ev_retain["summary"], "target": ev_target["summary"]}
     target_model = str(workdir / "target" / "model")
     refs["target_retain_loss"] = _target_retain_losses(workdir, preset, target_model, data_dir)
-    rows, curves = {}, {}
+    kept = _kept_rows(reuse, refs) if reuse else {}
+    rows, curves, reused = {}, {}, []
     for name in names:
         e = allx[name]
         st = workdir / "sweep" / name
+        if name in kept and not (done(st) and done(st / "eval")):
+            print(f"== {name}: kept from the earlier results.json (--reuse)")
+            rows[name], curves[name] = kept[name]
+            reused.append(name)
+            continue
         if finished_only and not (done(st) and done(st / "eval")):
             continue  # listed as not run
         cfg = config(e, preset, target_model, data_dir)
@@ -165,8 +180,29 @@ def run(
             "eval_s": ev["wall_s"],
         }
         curves[name] = stage_curves(st)
-        report(rows, curves, refs, out, time.time() - t0, names)
-    return report(rows, curves, refs, out, time.time() - t0, names)
+        report(rows, curves, refs, out, time.time() - t0, names, reused)
+    return report(rows, curves, refs, out, time.time() - t0, names, reused)
+
+
+# What must be equal for an earlier call's rows to stand beside this call's: the same target and retain
+# model (their evaluations) and the same ε rows.
+REF_KEYS = (("target", "model_utility"), ("target", "forget_quality"), ("retain", "model_utility"))
+
+
+def _ref_values(refs: dict) -> list[float]:
+    return [refs[a][b] for a, b in REF_KEYS] + [refs["target_retain_loss"]["eps_rows"]]
+
+
+def _kept_rows(old: dict, refs: dict) -> dict[str, tuple[dict, dict]]:
+    """name -> (row, curves) of an earlier results.json, after checking that its references are this
+    work dir's (else the rows would compare runs from different targets)."""
+    have, was = _ref_values(refs), _ref_values(old["references"])
+    if any(abs(h - w) > 1e-9 * max(1.0, abs(w)) for h, w in zip(have, was, strict=True)):
+        raise ValueError(
+            f"--reuse: the earlier results.json was made with another target or retain model "
+            f"(target MU, target FQ, retain MU, L_r(target): {was} there, {have} here); run without --reuse"
+        )
+    return {n: (r, old.get("curves", {}).get(n, {})) for n, r in old["rows"].items()}
 
 
 def _target_retain_losses(workdir: Path, preset: dict, target_model: str, data_dir: str) -> dict:
@@ -198,7 +234,7 @@ def _with_final_model_loss(stage: Path, cfg, tr: dict) -> dict:
     return tr
 
 
-def report(rows, curves, refs, out: Path, wall: float, names: list[str]) -> dict:
+def report(rows, curves, refs, out: Path, wall: float, names: list[str], reused=()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     pts = {n: (r["eval"]["model_utility"], r["eval"]["forget_quality"]) for n, r in rows.items()}
     front = pareto({**pts, "target": (refs["target"]["model_utility"], refs["target"]["forget_quality"])})
@@ -215,6 +251,7 @@ def report(rows, curves, refs, out: Path, wall: float, names: list[str]) -> dict
         "rows": finite(rows),
         "pareto_front": sorted(front),
         "not_run": [n for n in names if n not in rows],
+        "reused": list(reused),
         "curves": finite(curves),
     }
     write_json(out / "results.json", res)
@@ -286,6 +323,12 @@ def markdown(res: dict) -> str:
         "",
         f"Machine: {res['machine']}.",
     ]
+    if res.get("reused"):
+        lines += [
+            "",
+            "Rows from an earlier call of the same command on the same target, retain model and ε rows"
+            f" (`--reuse`; their stages were not in this work dir): {', '.join(res['reused'])}.",
+        ]
     if res["not_run"]:
         todo = ", ".join(res["not_run"])
         lines += ["", f"Not run yet (the command runs them and keeps the rows above): {todo}."]
@@ -368,6 +411,9 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--only", default="", help="comma-separated entry names (default: all, in order)")
     ap.add_argument("--finished-only", action="store_true", help="report the finished runs, start no new one")
+    ap.add_argument(
+        "--reuse", action="store_true", help="keep <out>/results.json's rows whose stage is absent"
+    )
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--data", default=None, help="folder of TOFU JSONL files (default: $CEL_JAX_TOFU_DIR)")
     a = ap.parse_args(argv)
@@ -381,7 +427,9 @@ def main(argv=None) -> None:
         ap.error("no TOFU data: pass --data=/path/to/tofu or set CEL_JAX_TOFU_DIR")
     compilation_cache(jax)
     names = [n for n in a.only.split(",") if n] or list(entries())
-    run(Path(a.workdir), Path(a.out), names, a.data, a.model, a.finished_only)
+    old = Path(a.out, "results.json")
+    reuse = json.loads(old.read_text()) if a.reuse and old.exists() else None
+    run(Path(a.workdir), Path(a.out), names, a.data, a.model, a.finished_only, reuse)
     print(Path(a.out, "results.md").read_text())
 
 

@@ -1,6 +1,8 @@
 """bench.tofu_sweep on a tiny random model: the PDU runs use the requested rule and ε, the report's bound
-column is the feasibility report's, the Pareto front is computed, unfinished runs are listed."""
+column is the feasibility report's, the Pareto front is computed, unfinished runs are listed, and
+`--reuse` keeps an earlier call's rows only for runs without a stage and only on the same target."""
 
+import copy
 import json
 
 import pytest
@@ -87,3 +89,32 @@ def test_unfinished_runs_are_listed(sweep, tmp_path):
     assert "Not run yet (the command runs them and keeps the rows above): pdu_gda_eps0.5." in (
         tofu_sweep.markdown(half)
     )
+
+
+def _rerun(root, names, out, reuse):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tofu_mini, "FORGET_ROWS", FIXTURE_FORGET_ROWS)
+        mp.setitem(tofu_mini.PRESETS, "mini", TINY)
+        mp.setattr(tofu_sweep, "EPS_ALPHAS", (0.5,))
+        mp.setattr(tofu_sweep, "WEIGHTS", (1.0,))
+        return tofu_sweep.run(root / "work", out, names, str(TOFU_FIXTURES), "unused", reuse=reuse)
+
+
+def test_reuse_keeps_earlier_rows_only_where_no_stage_and_only_on_the_same_target(sweep, tmp_path):
+    root, res, _ = sweep
+    old = copy.deepcopy(res)
+    old["rows"]["pdu_gda_eps0.5"] = {**res["rows"]["pdu_alm_eps0.5"], "label": "an earlier gda row"}
+    old["rows"]["pdu_alm_eps0.5"] = {**res["rows"]["pdu_alm_eps0.5"], "label": "stale"}
+    names = ["pdu_alm_eps0.5", "pdu_gda_eps0.5"]
+    got = _rerun(root, names, tmp_path / "out", old)
+    assert got["reused"] == ["pdu_gda_eps0.5"] and not got["not_run"]
+    assert got["rows"]["pdu_gda_eps0.5"]["label"] == "an earlier gda row"  # kept, not run
+    assert not (root / "work" / "sweep" / "pdu_gda_eps0.5").exists()
+    assert got["rows"]["pdu_alm_eps0.5"] == res["rows"]["pdu_alm_eps0.5"]  # a finished stage wins
+    assert "(`--reuse`; their stages were not in this work dir): pdu_gda_eps0.5." in (
+        (tmp_path / "out" / "results.md").read_text()
+    )
+    other = copy.deepcopy(old)
+    other["references"]["target"]["model_utility"] += 0.01  # rows of another target must not mix in
+    with pytest.raises(ValueError, match="another target or retain model"):
+        _rerun(root, names, tmp_path / "out2", other)
