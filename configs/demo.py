@@ -1,7 +1,7 @@
 """The README's main job: teach the embedded SmolLM2-135M-Instruct eight fictitious people (a cached
 fine-tuning stage), then unlearn two of them with PDU while the retain loss stays under
 ε = 3 × its value before unlearning; prints answers and ROUGE before/after and the constraint's
-verdict. About 11 minutes on 2 CPU cores from an empty cache (3.5 of them the cached fine-tuning stage),
+verdict. About 10–11 minutes on 2 CPU cores from an empty cache (3.5 of them the cached fine-tuning stage),
 no network needed beyond PyPI for the embedded model.
 
   cel-jax unlearn --config=configs/demo.py --workdir=/tmp/cel_demo
