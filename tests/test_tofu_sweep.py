@@ -2,6 +2,7 @@
 column is the feasibility report's, the Pareto front is computed, unfinished runs are listed, and
 `--reuse` keeps an earlier call's rows only for runs without a stage and only on the same target."""
 
+import contextlib
 import copy
 import json
 
@@ -37,17 +38,24 @@ def test_entries_set_the_rule_the_bound_and_the_weight():
     assert (c.method, c.solver, c.method_args.alpha) == ("npo", "scalarized", 5.0)
 
 
+@contextlib.contextmanager
+def tiny_sweep():
+    """The sweep on the tiny protocol: the fixture's forget rows, one ε and one weight."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tofu_mini, "FORGET_ROWS", FIXTURE_FORGET_ROWS)
+        mp.setitem(tofu_mini.PRESETS, "mini", TINY)
+        mp.setattr(tofu_sweep, "EPS_ALPHAS", (0.5,))
+        mp.setattr(tofu_sweep, "WEIGHTS", (1.0,))
+        yield
+
+
 @pytest.fixture(scope="module")
 def sweep(tofu_mini_run):
     """Two runs, then a call with one more; the target, retain model and their evaluations are the tiny
     tofu_mini run's (same protocol, same work dir)."""
     root = tofu_mini_run[0]
     names = ["pdu_alm_eps0.5", "grad_diff_alpha1"]
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tofu_mini, "FORGET_ROWS", FIXTURE_FORGET_ROWS)
-        mp.setitem(tofu_mini.PRESETS, "mini", TINY)
-        mp.setattr(tofu_sweep, "EPS_ALPHAS", (0.5,))
-        mp.setattr(tofu_sweep, "WEIGHTS", (1.0,))
+    with tiny_sweep():
         res = tofu_sweep.run(root / "work", root / "sweep_out", names, str(TOFU_FIXTURES), "unused")
         # a later call with one more run: the finished ones come from their stages
         more = tofu_sweep.run(
@@ -92,11 +100,7 @@ def test_unfinished_runs_are_listed(sweep, tmp_path):
 
 
 def _rerun(root, names, out, reuse):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(tofu_mini, "FORGET_ROWS", FIXTURE_FORGET_ROWS)
-        mp.setitem(tofu_mini.PRESETS, "mini", TINY)
-        mp.setattr(tofu_sweep, "EPS_ALPHAS", (0.5,))
-        mp.setattr(tofu_sweep, "WEIGHTS", (1.0,))
+    with tiny_sweep():
         return tofu_sweep.run(root / "work", out, names, str(TOFU_FIXTURES), "unused", reuse=reuse)
 
 
