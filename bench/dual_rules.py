@@ -21,6 +21,9 @@ import os
 import time
 from pathlib import Path
 
+from bench.tofu_report import same_values
+from bench.tofu_stages import write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # One set of gains per rule, shared by every ε: the demo's (normalised forget loss, relative violation);
@@ -58,10 +61,21 @@ def run_one(name: str, alpha: float, workdir: Path) -> dict:
     return s
 
 
-def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+# A kept run stands beside a new one only if both unlearned the same target: its answers before
+# unlearning and its retain loss L_r(target) = ε / (1 + α) are the target's.
+def target_key(run: dict) -> tuple[float, float, float]:
+    return (run["forget_rouge_before"], run["retain_rouge_before"], run["eps"] / (1 + run["eps_alpha"]))
+
+
+def check_same_target(new: dict, kept: list[dict]) -> None:
+    have = target_key(new)
+    for old in kept:
+        was = target_key(old)
+        if not same_values(have, was):
+            raise ValueError(
+                f"--reuse: the kept run {old['rule']} α={old['eps_alpha']} unlearned another target "
+                f"(forget / retain ROUGE before, L_r(target): {was} there, {have} now); run without --reuse"
+            )
 
 
 def table(results: list[dict], command: str) -> str:
@@ -157,6 +171,7 @@ def main(argv=None) -> int:
                 continue
             print(f"== {name}, eps_alpha {alpha}")
             results.append(run_one(name, alpha, wd / f"{name}_a{alpha}"))
+            check_same_target(results[-1], list(kept.values()))
             write_text(out / "results.json", json.dumps({"command": command, "runs": results}, indent=2))
     write_text(out / "results.md", table(results, command))
     plot(results, out / "dual_rules.png")

@@ -1,6 +1,6 @@
 """The TOFU-mini report: the results table as Markdown, the plots (forget quality vs model utility, the
 primal-dual runs' λ and constraint, forget-loss curves), and the value helpers the TOFU benchmarks share
-(strict-JSON numbers, table cells, the machine line)."""
+(strict-JSON numbers, reference values compared, table cells, the machine line)."""
 
 from __future__ import annotations
 
@@ -22,6 +22,15 @@ def finite(x):
     if isinstance(x, list | tuple):
         return [finite(v) for v in x]
     return x
+
+
+def same_values(have, was, rel: float = 1e-9) -> bool:
+    """Equal up to float noise, element by element (None only equals None): an earlier run's reference
+    values against this run's, before its rows are kept (`--reuse`)."""
+    return all(
+        h == w or (None not in (h, w) and abs(h - w) <= rel * max(1.0, abs(w)))
+        for h, w in zip(have, was, strict=True)
+    )
 
 
 def fmt(v) -> str:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from bench import tofu_mini as tm
-from bench.tofu_report import finite, machine
+from bench.tofu_report import finite, machine, same_values
 from bench.tofu_stages import done, eval_stage, stage_curves, train_stage, write_json, write_text
 from cel_jax import config_base
 from cel_jax.training import retain_eval
@@ -197,8 +197,7 @@ def _kept_rows(old: dict, refs: dict) -> dict[str, tuple[dict, dict]]:
     """name -> (row, curves) of an earlier results.json, after checking that its references are this
     work dir's (else the rows would compare runs from different targets)."""
     have, was = _ref_values(refs), _ref_values(old["references"])
-    same = lambda h, w: h == w or (None not in (h, w) and abs(h - w) <= 1e-9 * max(1.0, abs(w)))  # noqa: E731
-    if not all(same(h, w) for h, w in zip(have, was, strict=True)):
+    if not same_values(have, was):
         raise ValueError(
             f"--reuse: the earlier results.json was made with another target or retain model "
             f"(target MU, target FQ, retain MU, L_r(target): {was} there, {have} here); run without --reuse"
